@@ -1,0 +1,243 @@
+"""`sam2pal train | predict | run | bench`: the library from a shell.
+
+Exit status: 0 when every specimen succeeded, 1 when some failed (the rest is written and the
+failures are in report.json), 2 for invalid arguments or input a user must fix first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sam2pal.errors import SamPalError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _mask_arg(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"--mask {text!r}: write it as NAME=PATH, e.g. --mask eye=eye.png")
+    return name, path
+
+
+def _names(flag: str, legacy: str | None, use_legacy: bool) -> list[str]:
+    """A sam2pal flag, plus the SAM2-PAL script's spelling of it where `run` accepts that too."""
+    return [flag, legacy] if use_legacy and legacy else [flag]
+
+
+def _model_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument(*_names("--model", "--sam2_checkpoint", legacy), dest="model", default=None, help="tiny|small|base-plus|large (SAM2.1), sam2-tiny…, a Hub id, "
+                       "a checkpoint path, or random:tiny (untrained, for tests). Default facebook/sam2.1-hiera-tiny")
+    group.add_argument("--image-size", type=int, default=1024, help="model input size, a multiple of 32 (default 1024)")
+    group.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (auto: cuda > mps > cpu)")
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _template_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
+    group = parser.add_argument_group("templates")
+    group.add_argument(*_names("--templates", "--template_json", legacy), dest="templates", type=Path,
+                       help="COCO file of the annotated template image(s)")
+    group.add_argument("--template-images", type=Path, help="folder of the template images (default: next to the JSON)")
+    group.add_argument(*_names("--template-image", "--template_image", legacy), dest="template_image", type=Path,
+                       help="one template image, with --mask NAME=PATH per structure")
+    group.add_argument("--mask", type=_mask_arg, action="append", default=[], metavar="NAME=PATH",
+                       help="a structure's mask PNG for --template-image (repeat per structure)")
+
+
+def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
+    group = parser.add_argument_group("fine-tuning")
+    group.add_argument(*_names("--epochs", "--num_epochs", legacy), dest="epochs", type=int, default=5)
+    group.add_argument("--steps-per-epoch", type=int, default=None, help="default: one step per specimen")
+    group.add_argument("--mode", choices=("lora", "decoder", "full"), default="lora")
+    group.add_argument(*_names("--lr", "--learning_rate", legacy), dest="lr", type=float, default=None, help="default 2e-4 (lora), 1e-5 (decoder), 5e-6 (full)")
+    group.add_argument(*_names("--lora-rank", "--lora_rank", legacy), dest="lora_rank", type=int, default=8)
+    group.add_argument("--lora-encoder", action="store_true", help="also put LoRA on the image encoder (no feature cache)")
+    group.add_argument("--cycle-memory", choices=("tracked", "mask"), default="tracked",
+                       help="how the phase-1 prediction becomes phase-2 memory (default tracked)")
+    group.add_argument("--no-augment", action="store_true", help="do not move x1 relative to x0 (not recommended)")
+    group.add_argument("--seed", type=int, default=0)
+
+
+def _predict_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prediction")
+    group.add_argument("--batch-size", type=int, default=4, help="specimens per encoder batch")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sam2pal", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    predict = commands.add_parser("predict", help="propagate the template structures to a folder of specimens")
+    _template_args(predict)
+    predict.add_argument("--images", type=Path, required=True, help="folder of specimen images")
+    predict.add_argument("--out", type=Path, required=True, help="output folder")
+    predict.add_argument("--adapter", type=Path, help="adapter folder from `sam2pal train`")
+    _predict_args(predict)
+    _model_args(predict)
+
+    train = commands.add_parser("train", help="palindrome fine-tuning on templates plus unlabeled specimens")
+    _template_args(train)
+    train.add_argument("--images", type=Path, required=True, help="folder of unlabeled specimen images")
+    train.add_argument("--out", type=Path, required=True, help="adapter folder to write")
+    train.add_argument("--resume", type=Path, help="continue an adapter folder written by train")
+    _train_args(train)
+    _model_args(train)
+
+    run = commands.add_parser("run", help="optional fine-tuning, then prediction (also takes SAM2-PAL's flags)")
+    _template_args(run, legacy=True)
+    run.add_argument("--images", "--image_dir", dest="images", type=Path, required=True)
+    run.add_argument("--out", "--output_dir", dest="out", type=Path, required=True)
+    run.add_argument("--finetune", "--pal_finetuning", dest="finetune", action="store_true",
+                     help="fine-tune first (adapter written to OUT/adapter)")
+    _train_args(run, legacy=True)
+    _predict_args(run)
+    _model_args(run, legacy=True)
+    legacy = run.add_argument_group("more SAM2-PAL script flags (same meaning)")
+    legacy.add_argument("--template_mask", type=Path, help="a binary mask PNG for --template_image")
+    legacy.add_argument("--category_name", default="object", help="the structure name of --template_mask")
+    legacy.add_argument("--training_json", type=Path, help="more annotated templates for fine-tuning")
+    legacy.add_argument("--training_images_dir", type=Path, help="folder of the --training_json images")
+    legacy.add_argument("--use_lora", action="store_true", help="LoRA fine-tuning (sam2pal's default mode)")
+    legacy.add_argument("--sam2_config", help="accepted; the config is inferred from the checkpoint")
+    for flag in ("--interleave_template", "--cycle_consistency", "--save_vis"):
+        legacy.add_argument(flag, action="store_true", help="accepted; sam2pal always does the equivalent")
+    legacy.add_argument("--chunk_size", type=int, help="accepted; see --batch-size")
+
+    bench = commands.add_parser("bench", help="print training and prediction speed on this machine")
+    bench.add_argument("--model", default="random:tiny")
+    bench.add_argument("--image-size", type=int, nargs="+", default=[256, 512])
+    bench.add_argument("--device", default="auto")
+    bench.add_argument("--specimens", type=int, default=8, help="specimens for the predict timing")
+    bench.add_argument("--steps", type=int, default=4, help="training steps per timing")
+    return parser
+
+
+def _templates(args: argparse.Namespace):
+    from sam2pal.api import load_templates, merge_templates
+
+    masks = dict(args.mask)
+    image = args.template_image
+    coco = args.templates
+    if coco is not None and image is not None and args.template_images is None:
+        args.template_images = image.parent  # SAM2-PAL pairs the JSON with the image's folder
+        image = None
+    if getattr(args, "template_mask", None) is not None:
+        masks[args.category_name] = args.template_mask
+    templates = load_templates(coco, args.template_images, image, masks)
+    if getattr(args, "training_json", None) is not None:
+        extra = load_templates(args.training_json, args.training_images_dir)
+        templates = merge_templates(templates, extra)
+    return templates
+
+
+def _load_model(args: argparse.Namespace):
+    from sam2pal.model.build import DEFAULT_MODEL, describe, load_model
+
+    model = load_model(args.model or DEFAULT_MODEL, args.image_size, args.device)
+    if not args.quiet:
+        print(f"model: {describe(model)}", file=sys.stderr)
+    return model
+
+
+def _train_config(args: argparse.Namespace):
+    from sam2pal.engine.trainer import TrainConfig
+
+    return TrainConfig(
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        mode=args.mode,
+        lr=args.lr,
+        lora_rank=args.lora_rank,
+        lora_encoder=args.lora_encoder,
+        cycle_memory=args.cycle_memory,
+        augment=not args.no_augment,
+        seed=args.seed,
+    )
+
+
+def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path | None = None):
+    from sam2pal.api import finetune
+
+    config = _train_config(args)
+    bar = None if args.quiet else tqdm(desc="fine-tuning", unit="step", file=sys.stderr)
+
+    def progress(event: dict) -> None:
+        if event["type"] == "step" and bar is not None:
+            bar.total = event["total_steps"]
+            bar.update(1)
+            bar.set_postfix(loss=f"{event['loss']:.3f}")
+        elif event["type"] == "epoch" and event.get("mean_iou") is not None and not args.quiet:
+            tqdm.write(f"epoch {event['epoch']}: validation IoU {event['mean_iou']:.3f}"
+                       + (" (kept)" if event["kept"] else ""), file=sys.stderr)
+        elif event["type"] == "warning":
+            tqdm.write(f"warning: {event['message']}", file=sys.stderr)
+
+    if len(templates.templates) < 2 and not args.quiet:
+        print("one template: nothing to validate on, so the last epoch is kept "
+              "(annotate a second template to let validation choose)", file=sys.stderr)
+    result = finetune(model, templates, args.images, out, config, resume, progress)
+    if bar is not None:
+        bar.close()
+    if result.validated and not args.quiet:
+        zero = result.validation[0]["mean_iou"]
+        best = result.validation[result.best_epoch]["mean_iou"]
+        print(f"kept epoch {result.best_epoch}: validation IoU {best:.3f} (zero-shot {zero:.3f})", file=sys.stderr)
+    return result
+
+
+def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -> int:
+    from sam2pal.api import predict
+
+    bar = None if args.quiet else tqdm(desc="predicting", unit="image", file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    report = predict(model, templates, args.images, args.out, adapter, args.batch_size, progress=progress)
+    if bar is not None:
+        bar.close()
+    for item in report["images"]:
+        if item["status"] != "ok":
+            print(f"failed: {item['error']}", file=sys.stderr)
+    if not args.quiet:
+        print(f"{report['n_ok']} images segmented, {report['n_failed']} failed; results in {args.out}", file=sys.stderr)
+    return EXIT_SOME_FAILED if report["n_failed"] else EXIT_OK
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "bench":
+        from sam2pal.bench import run_bench
+
+        run_bench(args.model, args.image_size, args.device, args.specimens, args.steps)
+        return EXIT_OK
+    templates = _templates(args)
+    model = _load_model(args)
+    if args.command == "train":
+        _train(args, model, templates, args.out, args.resume)
+        return EXIT_OK
+    if args.command == "predict":
+        return _predict(args, model, templates, args.adapter)
+    if args.finetune:
+        _train(args, model, templates, args.out / "adapter")
+    return _predict(args, model, templates, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except SamPalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The SAM2 engine: features, template memory, the palindrome step, training and propagation."""

@@ -1,0 +1,147 @@
+"""Images in, SAM2 image features out: preprocessing, batched encoding and a bounded cache.
+
+Everything downstream of the image encoder treats objects as the batch dimension, so a `Frame`
+holds one or more images' features flattened the way SAM2's tracking code wants them, and can be
+gathered to one row per (image, structure) pair without copying the encoder's work.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sam2pal.model.build import LoadedModel
+
+# ImageNet statistics, as SAM2 was trained with
+_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+def preprocess(image: np.ndarray, image_size: int) -> torch.Tensor:
+    """H×W×3 uint8 -> normalised 3×S×S float tensor, resized exactly as SAM2's video loader does."""
+    resized = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC))
+    pixels = (resized / 255.0).astype(np.float32)
+    return torch.from_numpy((pixels - _MEAN) / _STD).permute(2, 0, 1).contiguous()
+
+
+def resize_masks(masks: np.ndarray | torch.Tensor, image_size: int) -> torch.Tensor:
+    """Bool (N, H, W) at full resolution -> float (N, 1, S, S) binary, as SAM2 resizes mask prompts."""
+    tensor = torch.as_tensor(np.asarray(masks)).float()[:, None]
+    if tensor.shape[-2:] == (image_size, image_size):
+        return tensor
+    resized = torch.nn.functional.interpolate(
+        tensor, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )
+    return (resized >= 0.5).float()
+
+
+@dataclass
+class Frame:
+    """Backbone features of a batch: three levels, each (B, C, h, w), finest first."""
+
+    levels: list[torch.Tensor]
+
+    @property
+    def batch(self) -> int:
+        return self.levels[0].shape[0]
+
+    def select(self, rows: torch.Tensor | list[int]) -> "Frame":
+        """Rows of the batch, repeated as needed: `select([0, 0, 0])` shares one image among 3 objects."""
+        index = torch.as_tensor(rows, device=self.levels[0].device, dtype=torch.long)
+        return Frame([level.index_select(0, index) for level in self.levels])
+
+    def expand(self, count: int) -> "Frame":
+        """One image shared by `count` objects without copying (the video predictor's trick)."""
+        assert self.batch == 1
+        return Frame([level.expand(count, -1, -1, -1) for level in self.levels])
+
+    def nbytes(self) -> int:
+        return sum(level.numel() * level.element_size() for level in self.levels)
+
+
+@dataclass
+class Flat:
+    """A frame in the (HW, B, C) layout that SAM2's `_track_step` takes."""
+
+    feats: list[torch.Tensor]
+    pos: list[torch.Tensor]
+    sizes: list[tuple[int, int]]
+
+
+class Encoder:
+    """Runs SAM2's image encoder on batches and flattens features for tracking.
+
+    Positional encodings depend only on the image size, so they are computed once.
+    """
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self._pos: list[torch.Tensor] | None = None
+
+    def encode(self, pixels: torch.Tensor) -> Frame:
+        """(B, 3, S, S) normalised pixels -> features; gradients flow only if the encoder trains."""
+        sam = self.loaded.sam
+        with self.loaded.autocast():
+            backbone = sam.forward_image(pixels.to(self.loaded.device))
+        levels = list(backbone["backbone_fpn"][-sam.num_feature_levels :])
+        if self._pos is None:
+            self._pos = [p[:1].detach() for p in backbone["vision_pos_enc"][-sam.num_feature_levels :]]
+        return Frame(levels)
+
+    def encode_images(self, images: list[np.ndarray]) -> Frame:
+        pixels = torch.stack([preprocess(image, self.loaded.image_size) for image in images])
+        return self.encode(pixels)
+
+    def flatten(self, frame: Frame) -> Flat:
+        if self._pos is None:
+            raise RuntimeError("encode an image before flattening features")
+        batch = frame.batch
+        feats = [level.flatten(2).permute(2, 0, 1) for level in frame.levels]
+        pos = [p.to(frame.levels[0].dtype).flatten(2).permute(2, 0, 1).expand(-1, batch, -1) for p in self._pos]
+        sizes = [(level.shape[-2], level.shape[-1]) for level in frame.levels]
+        return Flat(feats, pos, sizes)
+
+
+class FeatureCache:
+    """Least-recently-used image features under a byte budget.
+
+    With a frozen encoder, a training epoch after the first only reads this cache; the budget
+    keeps a large collection from filling RAM (older entries are recomputed when needed).
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, Frame] = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Frame | None:
+        frame = self._items.get(key)
+        if frame is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._items.move_to_end(key)
+        return frame
+
+    def put(self, key: str, frame: Frame) -> None:
+        frame = Frame([level.detach() for level in frame.levels])
+        if key in self._items:
+            self._bytes -= self._items.pop(key).nbytes()
+        self._items[key] = frame
+        self._bytes += frame.nbytes()
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, dropped = self._items.popitem(last=False)
+            self._bytes -= dropped.nbytes()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes

@@ -1,0 +1,169 @@
+"""Propagate every structure of the templates to a collection of specimens.
+
+The template memory for all K structures is encoded once; specimens go through the image encoder
+in batches and all K structures of every specimen in the batch go through memory attention and
+the mask decoder in one pass (rows = specimens × structures).
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
+from sam2pal.engine.tracking import Memory, TrackOutput, condition_on_mask, repeat_memory, track
+from sam2pal.errors import SamPalError
+from sam2pal.io.images import load_image
+from sam2pal.io.templates import TemplateSet
+from sam2pal.model.build import LoadedModel
+
+
+@dataclass
+class Prediction:
+    """One specimen's result: full-resolution masks and a confidence per structure."""
+
+    masks: np.ndarray  # bool (K, H, W)
+    scores: list[float]  # the decoder's IoU estimate, 0 when the object score says absent
+    object_scores: list[float]  # sigmoid of SAM2's object score
+
+
+def template_frame(encoder: Encoder, template_set: TemplateSet, index: int, cache: FeatureCache | None) -> Frame:
+    """Features of template `index`, cached under its file name."""
+    key = f"template:{template_set.templates[index].name}"
+    frame = cache.get(key) if cache is not None else None
+    if frame is None:
+        frame = encoder.encode_images([template_set.templates[index].image])
+        if cache is not None:
+            cache.put(key, frame)
+    return frame
+
+
+def template_memories(
+    encoder: Encoder, template_set: TemplateSet, indices: list[int], cache: FeatureCache | None = None
+) -> list[Memory]:
+    """One conditioning memory (K structures) per template in `indices`."""
+    sam = encoder.loaded.sam
+    size = encoder.loaded.image_size
+    count = len(template_set.structures)
+    memories = []
+    for index in indices:
+        frame = template_frame(encoder, template_set, index, cache)
+        masks = resize_masks(template_set.mask_stack(index), size).to(encoder.loaded.device)
+        with encoder.loaded.autocast():
+            memories.append(condition_on_mask(sam, encoder.flatten(frame.expand(count)), masks))
+    return memories
+
+
+def segment(encoder: Encoder, frame: Frame, memories: list[Memory], count: int) -> TrackOutput:
+    """Track `count` structures on every image of `frame`; rows are image-major."""
+    rows = torch.arange(frame.batch).repeat_interleave(count)
+    flat = encoder.flatten(frame.select(rows) if frame.batch > 1 else frame.expand(count))
+    with encoder.loaded.autocast():
+        return track(encoder.loaded.sam, flat, [repeat_memory(m, frame.batch) for m in memories])
+
+
+def full_resolution(low_res_logits: torch.Tensor, height: int, width: int) -> np.ndarray:
+    """(K, 1, h, w) logits -> bool (K, H, W), one structure at a time to bound memory on huge images."""
+    masks = np.zeros((low_res_logits.shape[0], height, width), dtype=bool)
+    for k in range(low_res_logits.shape[0]):
+        logits = F.interpolate(low_res_logits[k : k + 1].float(), size=(height, width), mode="bilinear", align_corners=False)
+        masks[k] = (logits[0, 0] > 0).cpu().numpy()
+    return masks
+
+
+class Propagator:
+    """Holds the template memory and predicts batches of specimens from it."""
+
+    def __init__(self, loaded: LoadedModel, template_set: TemplateSet, encoder: Encoder | None = None):
+        self.loaded = loaded
+        self.structures = list(template_set.structures)
+        self.encoder = encoder or Encoder(loaded)
+        loaded.sam.eval()
+        with torch.no_grad():
+            self.memories = template_memories(self.encoder, template_set, list(range(len(template_set.templates))))
+
+    @torch.no_grad()
+    def logits(self, images: list[np.ndarray]) -> TrackOutput:
+        """Low-resolution outputs for a batch, (B·K) rows; the correctness anchor compares these."""
+        return segment(self.encoder, self.encoder.encode_images(images), self.memories, len(self.structures))
+
+    @torch.no_grad()
+    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        count = len(self.structures)
+        output = self.logits(images)
+        present = torch.sigmoid(output.object_score_logits.float()[:, 0])
+        iou = output.iou.float() * (output.object_score_logits.float()[:, 0] > 0)
+        results = []
+        for b, image in enumerate(images):
+            rows = slice(b * count, (b + 1) * count)
+            masks = full_resolution(output.low_res_logits[rows], image.shape[0], image.shape[1])
+            results.append(Prediction(masks, iou[rows].tolist(), present[rows].tolist()))
+        return results
+
+
+@dataclass
+class Loaded:
+    path: Path
+    image: np.ndarray | None
+    error: str | None
+
+
+def _load(path: Path, max_pixels: int) -> Loaded:
+    try:
+        return Loaded(path, load_image(path, max_pixels), None)
+    except SamPalError as exc:
+        return Loaded(path, None, str(exc))
+
+
+def prefetched_batches(paths: list[Path], batch_size: int, max_pixels: int) -> Iterator[list[Loaded]]:
+    """Decode the next batch in background threads while the model works on this one."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+        ahead: list[Future] = []
+        for index, batch in enumerate(batches):
+            if index == 0:
+                ahead = [pool.submit(_load, p, max_pixels) for p in batch]
+            current = [future.result() for future in ahead]
+            if index + 1 < len(batches):
+                ahead = [pool.submit(_load, p, max_pixels) for p in batches[index + 1]]
+            yield current
+
+
+ProgressFn = Callable[[int, int], None]
+
+
+def predict_collection(
+    propagator: Propagator,
+    paths: list[Path],
+    writer,
+    batch_size: int = 4,
+    max_pixels: int = 100_000_000,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Predict `paths` in batches and hand each result to `writer` as it comes.
+
+    Memory stays bounded whatever the collection size: one batch is held at a time. A file that
+    cannot be read is recorded as a failure and the batch goes on without it.
+    """
+    done = 0
+    for batch in prefetched_batches(paths, batch_size, max_pixels):
+        good = [item for item in batch if item.image is not None]
+        for item in batch:
+            if item.error is not None:
+                writer.add_failure(item.path, item.error)
+        if good:
+            start = time.perf_counter()
+            predictions = propagator.predict([item.image for item in good])
+            seconds = (time.perf_counter() - start) / len(good)
+            for item, prediction in zip(good, predictions):
+                writer.add(item.path, item.image, prediction.masks, prediction.scores, seconds)
+        done += len(batch)
+        if progress is not None:
+            progress(done, len(paths))

@@ -1,0 +1,319 @@
+"""Palindrome fine-tuning: sampling, optimisation, validation that decides, adapters on disk.
+
+Validation, not training loss, picks the adapter kept: with two or more templates each epoch
+predicts every template from the others (leave-one-template-out); epoch 0 is the zero-shot
+baseline, so an adapter is only kept if it beats doing nothing (at worst, the saved adapter is
+the untouched starting point).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
+from sam2pal.engine.palindrome import CYCLE_MEMORIES, AugmentConfig, augment, palindrome_step
+from sam2pal.engine.propagate import full_resolution, segment, template_frame, template_memories
+from sam2pal.errors import SamPalError
+from sam2pal.io.images import load_image
+from sam2pal.io.outputs import atomic_write_json
+from sam2pal.io.templates import TemplateSet
+from sam2pal.metrics import iou
+from sam2pal.model.adapters import AdapterConfig, check_base, prepare, read_adapter_config, save_adapter
+from sam2pal.model.build import LoadedModel
+
+LOG_NAME = "train_log.jsonl"
+STATE_NAME = "trainer_state.pt"
+VALIDATION_NAME = "validation.json"
+DEFAULT_LR = {"lora": 2e-4, "decoder": 1e-5, "full": 5e-6}
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 5
+    steps_per_epoch: int | None = None  # default: one pass over the specimens
+    mode: str = "lora"
+    lr: float | None = None  # default depends on the mode
+    lora_rank: int = 8
+    lora_encoder: bool = False
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    cycle_memory: str = "tracked"
+    augment: bool = True
+    cache_bytes: int = 2 << 30
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise SamPalError(f"--epochs {self.epochs} must be at least 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise SamPalError(f"--steps-per-epoch {self.steps_per_epoch} must be at least 1")
+        if self.cycle_memory not in CYCLE_MEMORIES:
+            raise SamPalError(f"--cycle-memory {self.cycle_memory!r}: use one of {', '.join(CYCLE_MEMORIES)}")
+        if self.lr is not None and not self.lr > 0:
+            raise SamPalError(f"--lr {self.lr} must be positive")
+
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    best_epoch: int
+    validation: list[dict]  # one entry per epoch, epoch 0 = zero-shot
+    validated: bool  # False with a single template: the last epoch is kept
+
+
+Event = dict
+ProgressFn = Callable[[Event], None]
+
+
+class Trainer:
+    """Fine-tunes `loaded.sam` in place on a template set and a folder of unlabeled specimens."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        template_set: TemplateSet,
+        specimens: list[Path],
+        out_dir: Path,
+        config: TrainConfig,
+        resume: Path | None = None,
+        progress: ProgressFn | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ):
+        template_names = {t.name for t in template_set.templates} | {t.path.name for t in template_set.templates}
+        self.specimens = [p for p in specimens if p.name not in template_names]
+        if not self.specimens:
+            raise SamPalError("no unlabeled specimens to train on: --images holds only the templates; add specimen photos")
+        resume = Path(resume) if resume is not None else None
+        self.loaded = loaded
+        self.templates = template_set
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.progress = progress or (lambda event: None)
+        self.should_stop = should_stop or (lambda: False)
+        self.encoder = Encoder(loaded)
+        self.adapter = self._adapter_config(resume)
+        self.params = prepare(loaded, self.adapter)
+        # a trained encoder changes features every step: nothing can be cached then
+        self.cache = None if self.adapter.trains_encoder else FeatureCache(config.cache_bytes)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.steps_per_epoch = config.steps_per_epoch or len(self.specimens)
+        total = config.epochs * self.steps_per_epoch
+        lr = config.lr if config.lr is not None else DEFAULT_LR[self.adapter.mode]
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+        )
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict] = []
+        self.best_score = -math.inf
+        self.best_epoch = 0
+        self.skipped: list[str] = []
+        if resume is not None:
+            self._restore(resume)
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def _adapter_config(self, resume: Path | None) -> AdapterConfig:
+        if resume is not None:
+            config = read_adapter_config(resume)
+            check_base(self.loaded, config, resume)
+            if config.structures != list(self.templates.structures):
+                raise SamPalError(
+                    f"--resume {resume} was trained on structures {config.structures}, the templates have "
+                    f"{list(self.templates.structures)}; resume with the same templates or start a new adapter"
+                )
+            return config
+        return AdapterConfig(
+            mode=self.config.mode,
+            lora_rank=self.config.lora_rank,
+            lora_alpha=2 * self.config.lora_rank,
+            lora_encoder=self.config.lora_encoder,
+            base_model=self.loaded.name,
+            base_variant=self.loaded.variant,
+            base_fingerprint=self.loaded.fingerprint,
+            image_size=self.loaded.image_size,
+            structures=list(self.templates.structures),
+        )
+
+    def _restore(self, resume: Path) -> None:
+        """Continue where `resume` stopped: last weights (not the best), optimizer, schedule, RNG."""
+        state_path = resume / STATE_NAME
+        if not state_path.is_file():
+            raise SamPalError(f"--resume {resume} has no {STATE_NAME}; only folders written by `sam2pal train` resume")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        result = self.loaded.sam.load_state_dict(state["weights"], strict=False)
+        if result.unexpected_keys:
+            raise SamPalError(f"{state_path} does not fit this model (e.g. {result.unexpected_keys[0]}); start a new adapter")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
+        self.history = json.loads((resume / VALIDATION_NAME).read_text())["epochs"]
+
+    # --- features ----------------------------------------------------------------------------
+
+    def _specimen_frame(self, path: Path) -> Frame | None:
+        key = str(path)
+        if key in self.skipped:
+            return None
+        frame = self.cache.get(key) if self.cache is not None else None
+        if frame is None:
+            try:
+                image = load_image(path)
+            except SamPalError as exc:
+                self.skipped.append(key)
+                self.progress({"type": "warning", "message": str(exc)})
+                return None
+            with torch.set_grad_enabled(self.adapter.trains_encoder):
+                frame = self.encoder.encode_images([image])
+            if self.cache is not None:
+                self.cache.put(key, frame)
+        return frame
+
+    def _template_frame(self, index: int) -> Frame:
+        with torch.set_grad_enabled(self.adapter.trains_encoder):
+            return template_frame(self.encoder, self.templates, index, self.cache)
+
+    # --- validation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Leave-one-template-out IoU per structure (structures absent from a held-out template
+        are not scored on it)."""
+        self.loaded.sam.eval()
+        scores: dict[str, list[float]] = {name: [] for name in self.templates.structures}
+        count = len(self.templates.structures)
+        cache = None if self.adapter.trains_encoder else self.cache
+        for held_out, template in enumerate(self.templates.templates):
+            others = [i for i in range(len(self.templates.templates)) if i != held_out]
+            memories = template_memories(self.encoder, self.templates, others, cache)
+            frame = template_frame(self.encoder, self.templates, held_out, cache)
+            output = segment(self.encoder, frame, memories, count)
+            height, width = template.image.shape[:2]
+            predicted = full_resolution(output.low_res_logits, height, width)
+            for k, name in enumerate(self.templates.structures):
+                if name in template.masks:
+                    scores[name].append(iou(predicted[k], template.masks[name]))
+        return {name: float(np.mean(values)) for name, values in scores.items() if values}
+
+    def _record_epoch(self, seconds: float) -> None:
+        validated = len(self.templates.templates) >= 2
+        per_structure = self.validate() if validated else {}
+        mean = float(np.mean(list(per_structure.values()))) if per_structure else None
+        entry = {"epoch": self.epoch, "validation_iou": per_structure, "mean_iou": mean, "seconds": round(seconds, 3)}
+        improved = (mean is not None and mean > self.best_score) or not validated
+        if improved:
+            self.best_score = mean if mean is not None else self.best_score
+            self.best_epoch = self.epoch
+            save_adapter(self.loaded.sam, self.adapter, self.out_dir)
+        entry["kept"] = improved
+        self.history.append(entry)
+        self._log(entry)
+        atomic_write_json(
+            self.out_dir / VALIDATION_NAME,
+            {
+                "validated": validated,
+                "note": None if validated else "one template: nothing to validate on, the last epoch is kept",
+                "best_epoch": self.best_epoch,
+                "zero_shot_mean_iou": self.history[0]["mean_iou"],
+                "epochs": self.history,
+            },
+        )
+        self.progress({"type": "epoch", **entry})
+
+    def _log(self, entry: dict) -> None:
+        with open(self.out_dir / LOG_NAME, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+    def _save_state(self) -> None:
+        state = {
+            "weights": {n: p.detach().cpu() for n, p in self.loaded.sam.named_parameters() if p.requires_grad},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+        }
+        tmp = self.out_dir / (STATE_NAME + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.out_dir / STATE_NAME)
+
+    # --- training ----------------------------------------------------------------------------
+
+    def _train_mode(self) -> None:
+        """SAM2's train-mode paths (soft memories, gradients) without dropout: a cycle signal from
+        a handful of images is noisy enough, and dropout costs a sixth of a CPU step."""
+        self.loaded.sam.train()
+        for module in self.loaded.sam.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.eval()
+
+    def _train_step(self, specimen: Path) -> dict | None:
+        index = int(torch.randint(len(self.templates.templates), (1,), generator=self.generator))
+        x1 = self._specimen_frame(specimen)
+        if x1 is None:
+            return None
+        if self.config.augment:
+            x1 = augment(x1, AugmentConfig(), self.generator)
+        x0 = self._template_frame(index)
+        y0 = resize_masks(self.templates.mask_stack(index), self.loaded.image_size).to(self.loaded.device)
+        self._train_mode()
+        start = time.perf_counter()
+        output = palindrome_step(self.encoder, x0, y0, x1, self.config.cycle_memory)
+        self.optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "loss": round(float(output.loss.detach()), 6),
+            "per_structure": {n: round(float(v), 6) for n, v in zip(self.templates.structures, output.per_structure)},
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": round(time.perf_counter() - start, 4),
+            "template": self.templates.templates[index].name,
+            "specimen": specimen.name,
+        }
+
+    def _epoch_specimens(self) -> list[Path]:
+        """A fresh permutation each epoch, so one epoch visits every specimen once (and later
+        epochs find them all in the feature cache)."""
+        order: list[Path] = []
+        while len(order) < self.steps_per_epoch:
+            order += [self.specimens[i] for i in torch.randperm(len(self.specimens), generator=self.generator)]
+        return order[: self.steps_per_epoch]
+
+    def run(self) -> TrainResult:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not self.history:
+            self._record_epoch(0.0)  # epoch 0: the zero-shot baseline
+        while self.epoch < self.config.epochs and not self.should_stop():
+            self.epoch += 1
+            start = time.perf_counter()
+            for specimen in self._epoch_specimens():
+                if self.should_stop():
+                    break
+                entry = self._train_step(specimen)
+                if entry is not None:
+                    self._log(entry)
+                    self.progress({"type": "step", "total_steps": self.config.epochs * self.steps_per_epoch, **entry})
+            self._record_epoch(time.perf_counter() - start)
+            self._save_state()
+        self.loaded.sam.eval()
+        return TrainResult(self.out_dir, self.best_epoch, self.history, len(self.templates.templates) >= 2)

@@ -1,0 +1,235 @@
+"""Build a SAM2 model from a name, a Hugging Face repo id, a local checkpoint or random weights.
+
+Every route ends in Meta's `build_sam2` with the same overrides, so a model behaves the same
+whatever its weights came from. The config is inferred from the checkpoint's shapes, which lets a
+bare state dict or a renamed file load without the user naming a YAML file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sam2pal.errors import SamPalError
+
+DEFAULT_MODEL = "facebook/sam2.1-hiera-tiny"
+
+# variant -> (config file inside the sam2 package, checkpoint file name on the Hub)
+_VARIANTS: dict[str, tuple[str, str]] = {
+    "sam2.1-tiny": ("configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt"),
+    "sam2.1-small": ("configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt"),
+    "sam2.1-base-plus": ("configs/sam2.1/sam2.1_hiera_b+.yaml", "sam2.1_hiera_base_plus.pt"),
+    "sam2.1-large": ("configs/sam2.1/sam2.1_hiera_l.yaml", "sam2.1_hiera_large.pt"),
+    "sam2-tiny": ("configs/sam2/sam2_hiera_t.yaml", "sam2_hiera_tiny.pt"),
+    "sam2-small": ("configs/sam2/sam2_hiera_s.yaml", "sam2_hiera_small.pt"),
+    "sam2-base-plus": ("configs/sam2/sam2_hiera_b+.yaml", "sam2_hiera_base_plus.pt"),
+    "sam2-large": ("configs/sam2/sam2_hiera_l.yaml", "sam2_hiera_large.pt"),
+}
+_SIZES = ("tiny", "small", "base-plus", "large")
+# Hiera trunk (embed dim, number of blocks) -> size
+_TRUNK_SHAPES = {(96, 12): "tiny", (96, 16): "small", (112, 24): "base-plus", (144, 48): "large"}
+
+
+@dataclass
+class LoadedModel:
+    """A ready SAM2 model plus what outputs and adapters must record about it."""
+
+    sam: torch.nn.Module
+    name: str
+    variant: str
+    image_size: int
+    device: torch.device
+    untrained: bool
+    checkpoint_sha256: str | None
+    fingerprint: str
+    adapter_dir: Path | None = None  # set once an adapter is trained into or loaded onto `sam`
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """bf16 on CUDA, full precision elsewhere (CPU bf16 is slower and less exact)."""
+        return torch.bfloat16 if self.device.type == "cuda" else None
+
+    def autocast(self) -> torch.autocast:
+        dtype = self.autocast_dtype
+        return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto` prefers CUDA, then Apple MPS, then CPU."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise SamPalError(f"--device {device!r} is not known; use auto, cpu, cuda or mps")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SamPalError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise SamPalError("--device mps was asked for but MPS is not available; use --device cpu")
+    return torch.device(device)
+
+
+def check_image_size(image_size: int) -> int:
+    if image_size < 64 or image_size % 32:
+        raise SamPalError(
+            f"--image-size {image_size} must be a multiple of 32 and at least 64 "
+            f"(SAM2's feature maps need it); try {max(64, round(image_size / 32) * 32)}"
+        )
+    return image_size
+
+
+def _variant_from_name(name: str) -> str | None:
+    """`tiny` -> sam2.1-tiny, `sam2-small` -> sam2-small, `facebook/sam2.1-hiera-tiny` -> sam2.1-tiny."""
+    if name in _SIZES:
+        return f"sam2.1-{name}"
+    if name in _VARIANTS:
+        return name
+    for variant in _VARIANTS:
+        family, size = variant.split("-", 1)
+        if name == f"facebook/{family}-hiera-{size}":
+            return variant
+    return None
+
+
+def variant_from_state_dict(state_dict: dict[str, torch.Tensor], source: str) -> str:
+    """Infer tiny/small/base-plus/large and SAM2 vs SAM2.1 from parameter shapes."""
+    key = "image_encoder.trunk.patch_embed.proj.weight"
+    if key not in state_dict:
+        raise SamPalError(f"{source} is not a SAM2 checkpoint (no {key}); pass a SAM2 or SAM2.1 .pt file")
+    embed_dim = state_dict[key].shape[0]
+    blocks = {k.split(".")[3] for k in state_dict if k.startswith("image_encoder.trunk.blocks.")}
+    size = _TRUNK_SHAPES.get((embed_dim, len(blocks)))
+    if size is None:
+        raise SamPalError(
+            f"{source}: a Hiera trunk with embed dim {embed_dim} and {len(blocks)} blocks is not a "
+            "known SAM2 size (tiny, small, base-plus, large)"
+        )
+    family = "sam2.1" if "no_obj_embed_spatial" in state_dict else "sam2"
+    return f"{family}-{size}"
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Meta's `{"model": state_dict}` or a bare state dict, loaded without unpickling code."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise SamPalError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise SamPalError(f"{path} holds no state dict; save one with torch.save({{'model': model.state_dict()}}, path)")
+    return obj
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(repo_id: str, filename: str) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
+        raise SamPalError(
+            f"could not get {filename} from the Hugging Face Hub repo {repo_id} and it is not cached "
+            f"({type(exc).__name__}); with no network, download the checkpoint elsewhere and pass "
+            "--model PATH"
+        ) from exc
+
+
+def fingerprint(sam: torch.nn.Module) -> str:
+    """A short hash of the weights, so an adapter can refuse a base model it was not trained on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sam.state_dict().items()):
+        if "lora_" in name:
+            continue
+        digest.update(name.encode())
+        digest.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _overrides(image_size: int) -> list[str]:
+    side = image_size // 16
+    return [
+        f"++model.image_size={image_size}",
+        f"++model.memory_attention.layer.self_attention.feat_sizes=[{side},{side}]",
+        f"++model.memory_attention.layer.cross_attention.feat_sizes=[{side},{side}]",
+        # the template memory is encoded from a binary mask, as SAM2's video predictor does it
+        "++model.binarize_mask_from_pts_for_mem_enc=true",
+    ]
+
+
+def build_model(variant: str, image_size: int, state_dict: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """Instantiate Meta's SAM2Base for `variant` at `image_size`; random init if no state dict."""
+    from sam2.build_sam import build_sam2
+
+    config, _ = _VARIANTS[variant]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # random:* must be the same model in every process
+        sam = build_sam2(config, None, device="cpu", mode="eval", hydra_overrides_extra=_overrides(image_size))
+    if state_dict is not None:
+        result = sam.load_state_dict(state_dict, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise SamPalError(
+                f"checkpoint does not fit {variant}: {len(result.missing_keys)} missing and "
+                f"{len(result.unexpected_keys)} unexpected keys (e.g. "
+                f"{(result.missing_keys + result.unexpected_keys)[0]}); pass the matching --model"
+            )
+    return sam
+
+
+def load_model(model: str = DEFAULT_MODEL, image_size: int = 1024, device: str = "auto") -> LoadedModel:
+    """Resolve `model` (size name, Hub id, checkpoint path or `random:SIZE`) and build it."""
+    check_image_size(image_size)
+    torch_device = pick_device(device)
+    checkpoint: Path | None = None
+    untrained = False
+    if model.startswith("random:"):
+        variant = _variant_from_name(model.split(":", 1)[1])
+        if variant is None:
+            raise SamPalError(f"--model {model}: use random:tiny, random:small, random:base-plus or random:large")
+        state_dict, untrained = None, True
+    elif Path(model).expanduser().exists():
+        checkpoint = Path(model).expanduser()
+        if checkpoint.is_dir():
+            raise SamPalError(f"--model {model} is a folder; pass the checkpoint file inside it (.pt)")
+        state_dict = _read_checkpoint(checkpoint)
+        variant = variant_from_state_dict(state_dict, str(checkpoint))
+    else:
+        variant = _variant_from_name(model)
+        if variant is None:
+            raise SamPalError(
+                f"--model {model} is neither a file nor a known model; use tiny, small, base-plus, large, "
+                "sam2-tiny…, a facebook/sam2.1-hiera-* repo id, a checkpoint path or random:tiny"
+            )
+        family, size = variant.split("-", 1)
+        checkpoint = _download(f"facebook/{family}-hiera-{size}", _VARIANTS[variant][1])
+        state_dict = _read_checkpoint(checkpoint)
+    sam = build_model(variant, image_size, state_dict).to(torch_device)
+    return LoadedModel(
+        sam=sam,
+        name=model,
+        variant=variant,
+        image_size=image_size,
+        device=torch_device,
+        untrained=untrained,
+        checkpoint_sha256=_sha256(checkpoint) if checkpoint else None,
+        fingerprint=fingerprint(sam),
+    )
+
+
+def describe(loaded: LoadedModel) -> str:
+    """One line for the console and logs; random weights are never mistaken for a real model."""
+    label = "UNTRAINED random weights, for tests and benchmarks only" if loaded.untrained else "pretrained"
+    return f"{loaded.variant} ({loaded.name}, {label}) at {loaded.image_size}px on {loaded.device}"

@@ -1,0 +1,132 @@
+"""The engine against Meta's own video predictor, and the palindrome's gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
+from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step
+from sam2pal.engine.propagate import Propagator
+from sam2pal.io.templates import load_coco_templates
+from sam2pal.model.adapters import AdapterConfig, prepare
+from sam2pal.synthetic import draw_specimen
+
+from conftest import IMAGE_SIZE
+
+
+def _video_predictor_logits(checkpoint, folder, masks):
+    """Meta's SAM2VideoPredictor on a two-frame video: template (frame 0) then specimen."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    side = IMAGE_SIZE // 16
+    predictor = build_sam2_video_predictor(
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        str(checkpoint),
+        device="cpu",
+        hydra_overrides_extra=[
+            f"++model.image_size={IMAGE_SIZE}",
+            f"++model.memory_attention.layer.self_attention.feat_sizes=[{side},{side}]",
+            f"++model.memory_attention.layer.cross_attention.feat_sizes=[{side},{side}]",
+        ],
+    )
+    state = predictor.init_state(str(folder))
+    for obj_id, mask in enumerate(masks):
+        predictor.add_new_mask(state, 0, obj_id, mask)
+    frames = dict((index, logits) for index, _, logits in predictor.propagate_in_video(state))
+    return frames[1]
+
+
+def test_logits_equal_sam2_video_predictor(tmp_path, tiny, tiny_checkpoint, collection):
+    templates = load_coco_templates(collection / "templates.json")
+    templates.templates = templates.templates[:1]
+    video = tmp_path / "video"
+    video.mkdir()
+    Image.fromarray(templates.templates[0].image).save(video / "00000.jpg", quality=95)
+    specimen, _ = draw_specimen(160, 120, 3, seed=7)
+    Image.fromarray(specimen).save(video / "00001.jpg", quality=95)
+    # both tools read the same JPEG pixels; the template masks are the COCO ones
+    templates.templates[0].image = np.asarray(Image.open(video / "00000.jpg").convert("RGB"))
+    specimen = np.asarray(Image.open(video / "00001.jpg").convert("RGB"))
+
+    output = Propagator(tiny, templates).logits([specimen])
+    ours = torch.nn.functional.interpolate(
+        output.low_res_logits.float(), size=specimen.shape[:2], mode="bilinear", align_corners=False
+    )
+    reference = _video_predictor_logits(tiny_checkpoint, video, list(templates.mask_stack(0)))
+
+    assert ours.shape == reference.shape == (3, 1, 120, 160)
+    assert reference.abs().max() > 0.01  # not trivially zero
+    assert torch.allclose(ours, reference, atol=1e-4, rtol=0)
+
+
+def test_batched_specimens_match_one_at_a_time(tiny, collection):
+    templates = load_coco_templates(collection / "templates.json")
+    propagator = Propagator(tiny, templates)
+    images = [draw_specimen(160, 120, 3, seed=s)[0] for s in (1, 2)] + [draw_specimen(90, 200, 3, seed=3)[0]]
+    together = propagator.predict(images)
+    alone = [propagator.predict([image])[0] for image in images]
+    for image, a, b in zip(images, together, alone):
+        assert a.masks.shape == (3, image.shape[0], image.shape[1])
+        assert a.masks.dtype == bool
+        assert np.mean(a.masks != b.masks) < 1e-3
+        assert np.allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_template_memory_is_encoded_once(tiny, collection, monkeypatch):
+    templates = load_coco_templates(collection / "templates.json")
+    propagator = Propagator(tiny, templates)
+    calls = []
+    original = tiny.sam.forward_image
+    monkeypatch.setattr(tiny.sam, "forward_image", lambda pixels: calls.append(pixels.shape[0]) or original(pixels))
+    propagator.predict([draw_specimen(160, 120, 3, seed=s)[0] for s in range(3)])
+    propagator.predict([draw_specimen(160, 120, 3, seed=9)[0]])
+    assert calls == [3, 1]  # one encoder batch per predict call, no template re-encode
+
+
+@pytest.mark.parametrize("cycle_memory", ["tracked", "mask"])
+def test_palindrome_gradients_reach_phase_one_and_only_trainable_weights(tiny, cycle_memory):
+    params = prepare(tiny, AdapterConfig(mode="lora", lora_rank=4))
+    trainable = {id(p) for p in params}
+    encoder = Encoder(tiny)
+    template, masks = draw_specimen(160, 120, 3, seed=0)
+    specimen, _ = draw_specimen(160, 120, 3, seed=1)
+    with torch.no_grad():
+        x0, x1 = encoder.encode_images([template]), encoder.encode_images([specimen])
+    y0 = resize_masks(np.stack(list(masks.values())), IMAGE_SIZE)
+    tiny.sam.train()
+    out = palindrome_step(encoder, x0, y0, x1, cycle_memory)
+    out.forward.high_res_logits.retain_grad()
+    out.loss.backward()
+
+    assert out.per_structure.shape == (3,)
+    assert torch.isfinite(out.loss)
+    assert out.forward.high_res_logits.grad.abs().sum() > 0  # ŷ1 stays soft: the cycle trains it
+    with_grad = [n for n, p in tiny.sam.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
+    assert with_grad and all("lora_" in n for n in with_grad)
+    assert all(p.grad is None for p in tiny.sam.parameters() if id(p) not in trainable)
+
+
+def test_augment_moves_features_reproducibly():
+    frame = Frame([torch.rand(1, 4, 32, 32), torch.rand(1, 4, 16, 16), torch.rand(1, 8, 8, 8)])
+    first = augment(frame, AugmentConfig(), torch.Generator().manual_seed(3))
+    again = augment(frame, AugmentConfig(), torch.Generator().manual_seed(3))
+    assert [level.shape for level in first.levels] == [level.shape for level in frame.levels]
+    assert all(torch.equal(a, b) for a, b in zip(first.levels, again.levels))
+    assert not torch.allclose(first.levels[2], frame.levels[2])
+    still = augment(frame, AugmentConfig(flip=0.0, shift=0.0, scale=(1.0, 1.0)), torch.Generator())
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(still.levels, frame.levels))
+
+
+def test_feature_cache_evicts_least_recently_used():
+    frame = Frame([torch.zeros(1, 1, 16, 16)])  # 1024 bytes
+    cache = FeatureCache(max_bytes=2500)
+    cache.put("a", frame)
+    cache.put("b", frame)
+    assert cache.get("a") is not None  # a is now the most recent
+    cache.put("c", frame)
+    assert cache.get("b") is None
+    assert cache.get("a") is not None and cache.get("c") is not None
+    assert len(cache) == 2 and cache.nbytes == 2048

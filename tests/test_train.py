@@ -1,0 +1,115 @@
+"""Palindrome fine-tuning end to end: logs, validation, adapters, resume, refusal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sam2pal.api import finetune, load_templates
+from sam2pal.engine.propagate import Propagator
+from sam2pal.engine.trainer import LOG_NAME, TrainConfig, Trainer
+from sam2pal.errors import SamPalError
+from sam2pal.io.images import list_images
+from sam2pal.model.adapters import CONFIG_NAME, WEIGHTS_NAME, load_adapter
+from sam2pal.model.build import load_model
+from sam2pal.synthetic import draw_specimen
+
+from conftest import IMAGE_SIZE
+
+
+def _log(folder):
+    return [json.loads(line) for line in (folder / LOG_NAME).read_text().splitlines()]
+
+
+def test_training_logs_validates_and_saves_an_adapter_that_reloads(tiny, collection, tmp_path):
+    templates = load_templates(collection / "templates.json")
+    out = tmp_path / "adapter"
+    events = []
+    result = finetune(tiny, templates, collection / "specimens", out, TrainConfig(epochs=2, lr=1e-3), progress=events.append)
+
+    assert (out / WEIGHTS_NAME).stat().st_size > 0 and (out / CONFIG_NAME).is_file()
+    log = _log(out)
+    steps = [e for e in log if "step" in e]
+    epochs = [e for e in log if "step" not in e]
+    assert [e["step"] for e in steps] == list(range(1, 7))  # 3 specimens × 2 epochs
+    assert all(set(e["per_structure"]) == {"head", "wing", "eye"} and e["loss"] > 0 and e["seconds"] > 0 for e in steps)
+    assert [e["epoch"] for e in epochs] == [0, 1, 2]  # epoch 0 is the zero-shot baseline
+    assert all(set(e["validation_iou"]) == {"head", "wing", "eye"} for e in epochs)
+    assert result.validated and result.best_epoch == max(range(3), key=lambda i: epochs[i]["mean_iou"])
+    assert [e["type"] for e in events].count("step") == 6
+
+    # the kept adapter, loaded into a fresh model, predicts exactly what the trained model does
+    specimen = draw_specimen(160, 120, 3, seed=11)[0]
+    trained = Propagator(tiny, templates).logits([specimen]).low_res_logits
+    fresh = load_model("random:tiny", IMAGE_SIZE, "cpu")
+    load_adapter(fresh, out)
+    reloaded = Propagator(fresh, templates).logits([specimen]).low_res_logits
+    assert torch.allclose(trained, reloaded, atol=1e-5)
+    base = Propagator(load_model("random:tiny", IMAGE_SIZE, "cpu"), templates).logits([specimen]).low_res_logits
+    if result.best_epoch > 0:
+        assert not torch.allclose(trained, base, atol=1e-4)
+
+
+def test_later_epochs_read_the_feature_cache(tiny, collection, tmp_path):
+    templates = load_templates(collection / "templates.json")
+    trainer = Trainer(tiny, templates, list_images(collection / "specimens"), tmp_path / "a", TrainConfig(epochs=2))
+    calls = []
+    original = tiny.sam.forward_image
+    tiny.sam.forward_image = lambda pixels: calls.append(pixels.shape[0]) or original(pixels)
+    trainer.run()
+    assert len(calls) == 2 + 3  # two templates and three specimens, each encoded once
+    assert trainer.cache.hits > 0
+
+
+def test_single_template_keeps_the_last_epoch_and_says_so(tiny, collection, tmp_path):
+    templates = load_templates(collection / "templates.json")
+    templates.templates = templates.templates[:1]
+    result = finetune(tiny, templates, collection / "specimens", tmp_path / "a", TrainConfig(epochs=2, steps_per_epoch=1))
+    validation = json.loads((tmp_path / "a" / "validation.json").read_text())
+    assert not result.validated and result.best_epoch == 2
+    assert "one template" in validation["note"]
+
+
+def test_resume_continues_steps_and_epochs(collection, tmp_path):
+    templates = load_templates(collection / "templates.json")
+    out = tmp_path / "a"
+    finetune(load_model("random:tiny", IMAGE_SIZE, "cpu"), templates, collection / "specimens", out,
+             TrainConfig(epochs=1, steps_per_epoch=2))
+    finetune(load_model("random:tiny", IMAGE_SIZE, "cpu"), templates, collection / "specimens", out,
+             TrainConfig(epochs=2, steps_per_epoch=2), resume=out)
+    log = _log(out)
+    assert [e["step"] for e in log if "step" in e] == [1, 2, 3, 4]
+    assert [e["epoch"] for e in log if "step" not in e] == [0, 1, 2]
+
+
+def test_loss_goes_down_on_a_fixed_pair(tmp_path):
+    """A fixed template/specimen pair, no augmentation: the cycle loss must fall."""
+    model = load_model("random:tiny", 128, "cpu")
+    folder = tmp_path / "c"
+    folder.mkdir()
+    from PIL import Image
+
+    from sam2pal.io.templates import Template, TemplateSet
+
+    image, masks = draw_specimen(128, 128, 1, seed=0)
+    Image.fromarray(draw_specimen(128, 128, 1, seed=1)[0]).save(folder / "s.png")
+    templates = TemplateSet(["head"], [Template("t.png", folder / "t.png", image, masks)])
+    trainer = Trainer(model, templates, [folder / "s.png"], tmp_path / "a",
+                      TrainConfig(epochs=1, steps_per_epoch=12, lr=3e-3, augment=False))
+    trainer.run()
+    losses = [e["loss"] for e in _log(tmp_path / "a") if "step" in e]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_adapter_from_another_base_model_is_refused(tiny, collection, tmp_path, tiny_checkpoint):
+    templates = load_templates(collection / "templates.json")
+    finetune(tiny, templates, collection / "specimens", tmp_path / "a", TrainConfig(epochs=1, steps_per_epoch=1))
+    state = torch.load(tiny_checkpoint, weights_only=True)["model"]
+    state["sam_mask_decoder.iou_token.weight"] += 1.0
+    other = tmp_path / "other.pt"
+    torch.save({"model": state}, other)
+    with pytest.raises(SamPalError, match="was trained on random:tiny"):
+        load_adapter(load_model(str(other), IMAGE_SIZE, "cpu"), tmp_path / "a")
