@@ -1,0 +1,192 @@
+"""Reading specimen photos as RGB arrays, whatever format and mode the museum exported them in.
+
+Every failure a user can fix (missing file, truncated download, non-image, huge scan) becomes a
+one-line SamPalError naming the file, so a batch run can report it and move on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from sam2pal.errors import SamPalError
+
+_EXTENSIONS_IN_ORDER = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(_EXTENSIONS_IN_ORDER)
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
+_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+
+_bomb_check_lock = threading.Lock()
+_bomb_check_users = 0
+_saved_pil_limit: int | None = None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+@contextmanager
+def _without_pil_bomb_check() -> Iterator[None]:
+    """Let PIL decode up to our own cap instead of its fixed ~89 MP limit.
+
+    We compare the header's pixel count with max_pixels ourselves, so PIL's global check is
+    switched off while any load is running and restored when the last one ends (counted, so
+    loads in parallel threads do not restore it under each other).
+    """
+    global _bomb_check_users, _saved_pil_limit
+    with _bomb_check_lock:
+        if _bomb_check_users == 0:
+            _saved_pil_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _bomb_check_users += 1
+    try:
+        yield
+    finally:
+        with _bomb_check_lock:
+            _bomb_check_users -= 1
+            if _bomb_check_users == 0:
+                Image.MAX_IMAGE_PIXELS = _saved_pil_limit
+
+
+def _check_is_file(path: Path) -> None:
+    if path.is_dir():
+        raise SamPalError(
+            f"expected an image file but got a folder: {path}; pass the image file itself"
+        )
+    if not path.exists():
+        raise SamPalError(f"image not found: {path}; check the path")
+
+
+@contextmanager
+def _open_header(path: Path) -> Iterator[Image.Image]:
+    """Open lazily (only the header is read until .load()) from a file we close ourselves, so the
+    decoded image outlives the file without an extra copy."""
+    _check_is_file(path)
+    try:
+        with path.open("rb") as file:
+            yield Image.open(file)
+    except UnidentifiedImageError as error:
+        raise SamPalError(
+            f"not an image or an unsupported format: {path}; convert it to JPEG, PNG or TIFF"
+        ) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise SamPalError(
+            f"cannot read image {path} ({_one_line(error)}); check that it is a complete image file"
+        ) from error
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation from the header only (PNG may keep EXIF after the pixels; PIL would decode
+    the whole image to find it, so such a late chunk is not looked for)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    return value if isinstance(value, int) else 1
+
+
+def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Fully decoded, EXIF-upright PIL image in its own mode (first page of a TIFF).
+
+    Shared by load_image and by mask loading, which needs the raw mode (alpha, 16-bit).
+    """
+    path = Path(path)
+    with _without_pil_bomb_check(), _open_header(path) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise SamPalError(
+                f"image too large: {path} has {width * height:,} pixels ({width}x{height}), "
+                f"over the cap of {max_pixels:,}; raise the pixel cap or downscale the image"
+            )
+        try:
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            raise SamPalError(
+                f"cannot decode image {path} ({_one_line(error)}); the file is truncated or "
+                "corrupt, export or copy it again"
+            ) from error
+        return image
+
+
+def _composite_on_white(image: Image.Image) -> np.ndarray:
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+
+
+def _scale_to_8bit(image: Image.Image) -> np.ndarray:
+    """Stretch the image's own min..max to 0..255: 16-bit scans rarely use the full range."""
+    values = np.array(image, dtype=np.float32)  # float32 and in place: 100 MP scans are common
+    low, high = float(values.min()), float(values.max())
+    if high > low:
+        values -= low
+        values *= 255.0 / (high - low)
+        gray = np.rint(values, out=values).astype(np.uint8)
+    else:
+        gray = np.zeros(values.shape, dtype=np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
+    if image.mode in _HIGH_BIT_DEPTH_MODES:
+        return _scale_to_8bit(image)
+    if image.has_transparency_data:
+        return _composite_on_white(image)
+    if image.mode == "RGB":
+        return np.asarray(image)
+    try:
+        return np.asarray(image.convert("RGB"))
+    except ValueError as error:
+        raise SamPalError(
+            f"unsupported colour mode {image.mode} in image {path}; save it as 8-bit RGB"
+        ) from error
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """H×W×3 uint8 RGB, upright per EXIF, transparency composited on white; writable."""
+    path = Path(path)
+    rgb = _to_rgb(open_image(path, max_pixels), path)
+    # Arrays viewed from PIL's buffer are read-only; callers may draw on or normalise in place.
+    return rgb if rgb.flags.writeable else rgb.copy()
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as load_image would return it, from the header alone."""
+    path = Path(path)
+    with _open_header(path) as image:
+        width, height = image.size
+        if _orientation(image) in _SWAPPING_ORIENTATIONS:
+            return height, width
+        return width, height
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in folder, sorted by name, hidden files skipped."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise SamPalError(f"image folder not found: {folder}; pass an existing folder to --images")
+    if not folder.is_dir():
+        raise SamPalError(f"not a folder: {folder}; pass an existing folder to --images")
+    images = sorted(
+        (
+            entry
+            for entry in folder.iterdir()
+            if not entry.name.startswith(".")
+            and entry.suffix.lower() in IMAGE_EXTENSIONS
+            and entry.is_file()
+        ),
+        key=lambda entry: entry.name,
+    )
+    if not images:
+        raise SamPalError(
+            f"no images ({', '.join(_EXTENSIONS_IN_ORDER)}) in {folder}; "
+            "put the photos there or pass another folder to --images"
+        )
+    return images

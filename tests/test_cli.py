@@ -1,0 +1,185 @@
+"""`sam2pal` from the shell: outputs on disk, exit codes, one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from sam2pal.cli import main
+from sam2pal.synthetic import draw_specimen
+
+from conftest import IMAGE_SIZE
+
+TINY = ["--model", "random:tiny", "--image-size", str(IMAGE_SIZE), "--device", "cpu", "--quiet"]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "expected an error message"
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_predict_writes_coco_masks_overlays_and_report(collection, tmp_path):
+    out = tmp_path / "out"
+    code = main(["predict", "--templates", str(collection / "templates.json"), "--images",
+                 str(collection / "specimens"), "--out", str(out), "--batch-size", "2", *TINY])
+    assert code == 0
+    coco = COCO(str(out / "predictions.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["head", "wing", "eye"]
+    assert len(coco.getImgIds()) == 3
+    info = json.loads((out / "predictions.json").read_text())["info"]
+    assert info["model"] == "random:tiny" and info["untrained_model"] is True
+    assert info["parameters"]["image_size"] == IMAGE_SIZE
+    for ann in coco.loadAnns(coco.getAnnIds()):
+        assert isinstance(ann["segmentation"]["counts"], str)
+        assert coco.annToMask(ann).shape == (120, 160)  # the specimen's full resolution
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert len(masks) == 9 and masks[0] == "specimen_0000__eye.png"
+    assert Image.open(out / "masks" / masks[0]).size == (160, 120)
+    assert len(list((out / "overlays").iterdir())) == 3
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_ok"] == 3 and report["n_failed"] == 0
+
+
+def test_corrupt_specimen_is_reported_and_the_rest_written(collection, tmp_path, capsys):
+    bad = collection / "specimens" / "broken.jpg"
+    bad.write_bytes((collection / "specimens" / "specimen_0000.jpg").read_bytes()[:300])
+    out = tmp_path / "out"
+    code = main(["predict", "--templates", str(collection / "templates.json"), "--images",
+                 str(collection / "specimens"), "--out", str(out), *TINY])
+    assert code == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["n_ok"] == 3 and report["n_failed"] == 1
+    failed = [i for i in report["images"] if i["status"] == "failed"]
+    assert failed[0]["file"] == "broken.jpg" and "broken.jpg" in failed[0]["error"]
+    assert "broken.jpg" in capsys.readouterr().err
+
+
+def test_train_then_predict_with_the_adapter(collection, tmp_path):
+    adapter = tmp_path / "adapter"
+    assert main(["train", "--templates", str(collection / "templates.json"), "--images", str(collection / "specimens"),
+                 "--out", str(adapter), "--epochs", "1", "--steps-per-epoch", "2", "--lora-rank", "4", *TINY]) == 0
+    assert (adapter / "adapter_model.safetensors").is_file()
+    out = tmp_path / "out"
+    assert main(["predict", "--templates", str(collection / "templates.json"), "--images",
+                 str(collection / "specimens"), "--out", str(out), "--adapter", str(adapter), *TINY]) == 0
+    info = json.loads((out / "predictions.json").read_text())["info"]
+    assert info["adapter"]["path"] == str(adapter) and info["adapter"]["lora_rank"] == 4
+
+
+def test_run_accepts_the_sam2pal_script_flags(collection, tmp_path, tiny_checkpoint):
+    out = tmp_path / "out"
+    code = main([
+        "run", "--template_json", str(collection / "templates.json"),
+        "--template_image", str(collection / "template_0.png"),
+        "--image_dir", str(collection / "specimens"), "--output_dir", str(out),
+        "--pal_finetuning", "--use_lora", "--lora_rank", "2", "--num_epochs", "1", "--learning_rate", "1e-4",
+        "--sam2_checkpoint", str(tiny_checkpoint), "--sam2_config", "configs/sam2.1/sam2.1_hiera_t.yaml",
+        "--device", "cpu", "--image-size", str(IMAGE_SIZE), "--steps-per-epoch", "1", "--quiet",
+    ])
+    assert code == 0
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["lora_rank"] == 2 and config["mode"] == "lora"
+    assert json.loads((out / "report.json").read_text())["n_ok"] == 3
+
+
+def test_one_image_with_mask_pngs_as_template(collection, tmp_path):
+    image, masks = draw_specimen(160, 120, 2, seed=5)
+    Image.fromarray(image).save(tmp_path / "t.png")
+    args = []
+    for name, mask in masks.items():
+        Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / f"{name}.png")
+        args += ["--mask", f"{name}={tmp_path / f'{name}.png'}"]
+    out = tmp_path / "out"
+    assert main(["predict", "--template-image", str(tmp_path / "t.png"), *args, "--images",
+                 str(collection / "specimens"), "--out", str(out), *TINY]) == 0
+    assert json.loads((out / "report.json").read_text())["structures"] == ["head", "wing"]
+
+
+def _coco(collection) -> dict:
+    return json.loads((collection / "templates.json").read_text())
+
+
+def _write(collection, data) -> str:
+    path = collection / "edited.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+BAD_INPUTS = {
+    "missing template image": (lambda c: (c / "template_1.png").unlink() or str(c / "templates.json"), "template_1.png"),
+    "category without annotation": (
+        lambda c: _write(c, {**_coco(c), "categories": _coco(c)["categories"] + [{"id": 9, "name": "scape"}]}), "scape"),
+    "empty mask": (lambda c: _write(c, {**_coco(c), "annotations": [
+        {**a, "segmentation": {"size": [120, 160], "counts": [19200]}} if a["id"] == 1 else a
+        for a in _coco(c)["annotations"]]}), "empty"),
+    "not coco": (lambda c: _write(c, {"hello": "world"}), "edited.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_template_input_is_one_line_naming_the_problem(case, collection, tmp_path, capsys):
+    make, fragment = BAD_INPUTS[case]
+    templates = make(collection)
+    code = main(["predict", "--templates", templates, "--images", str(collection / "specimens"),
+                 "--out", str(tmp_path / "out"), *TINY])
+    assert code == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: ") and fragment in line
+
+
+def test_image_folder_without_images(collection, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not an image")
+    code = main(["predict", "--templates", str(collection / "templates.json"), "--images", str(empty),
+                 "--out", str(tmp_path / "out"), *TINY])
+    assert code == 2 and str(empty) in _error_line(capsys)
+
+
+def test_image_size_must_be_a_multiple_of_32(collection, tmp_path, capsys):
+    code = main(["predict", "--templates", str(collection / "templates.json"), "--images",
+                 str(collection / "specimens"), "--out", str(tmp_path / "o"), "--model", "random:tiny",
+                 "--image-size", "270", "--device", "cpu"])
+    line = _error_line(capsys)
+    assert code == 2 and "--image-size 270" in line and "multiple of 32" in line
+
+
+def test_adapter_from_another_base_is_refused_on_the_command_line(collection, tmp_path, tiny_checkpoint, capsys):
+    adapter = tmp_path / "adapter"
+    main(["train", "--templates", str(collection / "templates.json"), "--images", str(collection / "specimens"),
+          "--out", str(adapter), "--epochs", "1", "--steps-per-epoch", "1", "--model", "random:tiny",
+          "--image-size", "128", "--device", "cpu", "--quiet"])
+    code = main(["predict", "--templates", str(collection / "templates.json"), "--images",
+                 str(collection / "specimens"), "--out", str(tmp_path / "o"), "--adapter", str(adapter),
+                 "--model", "random:small", "--image-size", "128", "--device", "cpu", "--quiet"])
+    line = _error_line(capsys)
+    assert code == 2 and str(adapter) in line and "--model random:tiny" in line
+
+
+def test_invalid_flag_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--images"])
+    assert exit_info.value.code == 2
+
+
+def test_no_network_names_the_hub_id_and_model_path(collection, tmp_path):
+    """A real subprocess, offline, with an empty cache: one clear line, no traceback."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sam2pal.cli", "predict", "--templates", str(collection / "templates.json"),
+         "--images", str(collection / "specimens"), "--out", str(tmp_path / "o"), "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert "facebook/sam2.1-hiera-tiny" in line and "--model PATH" in line

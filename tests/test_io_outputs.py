@@ -1,0 +1,244 @@
+"""Output folder of a run: atomic writes, mask PNGs, overlays, COCO predictions and report."""
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from sam2pal.io.outputs import (
+    STRUCTURE_COLORS,
+    PredictionWriter,
+    atomic_save_image,
+    atomic_write_bytes,
+    atomic_write_json,
+    overlay,
+    structure_color,
+)
+
+WIDTH, HEIGHT = 64, 48
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+
+
+def test_structure_colors_are_distinct_and_cycle() -> None:
+    assert len(STRUCTURE_COLORS) >= 12
+    assert len(set(STRUCTURE_COLORS)) == len(STRUCTURE_COLORS)
+    assert structure_color(0) == STRUCTURE_COLORS[0]
+    assert structure_color(len(STRUCTURE_COLORS) + 2) == STRUCTURE_COLORS[2]
+
+
+def test_atomic_writes_replace_and_leave_no_temp_files(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "data.bin"
+    atomic_write_bytes(target, b"old")
+    atomic_write_bytes(target, b"new")
+    atomic_write_json(tmp_path / "a.json", {"x": [1, 2]})
+    atomic_save_image(tmp_path / "pic.PNG", Image.new("L", (3, 2), 9))
+
+    assert target.read_bytes() == b"new"
+    assert (tmp_path / "a.json").read_text() == '{\n  "x": [\n    1,\n    2\n  ]\n}\n'
+    with Image.open(tmp_path / "pic.PNG") as image:
+        assert image.format == "PNG" and image.getpixel((0, 0)) == 9
+    assert _files(tmp_path) == ["a.json", "pic.PNG", "sub/data.bin"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_failed_atomic_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    atomic_write_json(target, {"ok": True})
+
+    with pytest.raises(TypeError):
+        atomic_write_json(target, {"bad": object()})
+    with pytest.raises(ValueError, match="no image format"):
+        atomic_save_image(tmp_path / "pic.xyz", Image.new("L", (3, 2)))
+
+    assert json.loads(target.read_text()) == {"ok": True}
+    assert _files(tmp_path) == ["a.json"]
+
+
+def test_overlay_tints_outlines_and_draws_legend() -> None:
+    image = np.full((HEIGHT, WIDTH, 3), 100, dtype=np.uint8)
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    mask[20:40, 30:60] = True
+
+    result = overlay(image, [mask], ["eye"])
+
+    assert (image == 100).all()
+
+    assert result.mode == "RGB" and result.size == (WIDTH, HEIGHT)
+    pixels = np.asarray(result)
+    tint = np.array([100, 100, 100]) * 0.55 + np.array(STRUCTURE_COLORS[0]) * 0.45
+    assert np.abs(pixels[30, 45] - tint).max() <= 1.5
+    assert tuple(pixels[20, 45]) == STRUCTURE_COLORS[0]
+    assert tuple(pixels[45, 10]) == (100, 100, 100)
+    legend = pixels[:20, :20].reshape(-1, 3)
+    assert any(tuple(pixel) == STRUCTURE_COLORS[0] for pixel in legend)
+
+
+def test_overlay_without_structures_is_the_photo() -> None:
+    image = np.random.default_rng(2).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+
+    assert np.array_equal(np.asarray(overlay(image, [], [])), image)
+
+
+def test_overlay_on_large_image_with_many_structures() -> None:
+    image = np.zeros((1200, 900, 3), dtype=np.uint8)
+    masks = [np.zeros((1200, 900), dtype=bool) for _ in range(14)]
+    for index, mask in enumerate(masks):
+        mask[index * 80 : index * 80 + 50, 300:800] = True
+
+    result = overlay(image, masks, [f"structure {index}" for index in range(14)])
+
+    assert result.size == (900, 1200)
+    # Outline is 2 px at this size (min side 900 / 400): the row 2 px in is tint, not outline.
+    pixels = np.asarray(result)
+    assert tuple(pixels[80, 500]) == STRUCTURE_COLORS[1]
+    assert tuple(pixels[81, 500]) == STRUCTURE_COLORS[1]
+    assert tuple(pixels[82, 500]) != STRUCTURE_COLORS[1]
+
+
+@pytest.fixture
+def run_folder(tmp_path: Path) -> tuple[Path, dict, np.ndarray]:
+    """A writer run over two photos (one failed), closed; returns out dir, report, first masks."""
+    image = np.full((HEIGHT, WIDTH, 3), 200, dtype=np.uint8)
+    masks = np.zeros((3, HEIGHT, WIDTH), dtype=bool)
+    masks[0, 5:15, 10:30] = True
+    masks[0, 30:33, 40:41] = True
+    masks[2, 0:HEIGHT, 0:2] = True
+    out_dir = tmp_path / "run"
+    writer = PredictionWriter(out_dir, ["eye", "fore/wing", "leg"], {"model": "tiny"})
+
+    writer.add(Path("/photos/beetle 1.jpg"), image, masks, scores=[0.9, 0.1, 0.75], seconds=1.5)
+    writer.add_failure(Path("/photos/broken.jpg"), "cannot decode image broken.jpg")
+    writer.add(Path("/photos/beetle 2.png"), image, masks[[2, 1, 0]])
+    report = writer.close()
+    return out_dir, report, masks
+
+
+def test_prediction_writer_files(run_folder: tuple[Path, dict, np.ndarray]) -> None:
+    out_dir, _, masks = run_folder
+
+    assert _files(out_dir) == [
+        "masks/beetle 1__eye.png",
+        "masks/beetle 1__fore_wing.png",
+        "masks/beetle 1__leg.png",
+        "masks/beetle 2__eye.png",
+        "masks/beetle 2__fore_wing.png",
+        "masks/beetle 2__leg.png",
+        "overlays/beetle 1.jpg",
+        "overlays/beetle 2.jpg",
+        "predictions.json",
+        "report.json",
+    ]
+    with Image.open(out_dir / "masks" / "beetle 1__eye.png") as png:
+        assert png.mode == "L" and png.size == (WIDTH, HEIGHT)
+        assert np.array_equal(np.asarray(png), masks[0].astype(np.uint8) * 255)
+    with Image.open(out_dir / "masks" / "beetle 1__fore_wing.png") as png:
+        assert not np.asarray(png).any()
+    with Image.open(out_dir / "overlays" / "beetle 1.jpg") as jpeg:
+        assert jpeg.format == "JPEG" and jpeg.size == (WIDTH, HEIGHT)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_predictions_load_in_pycocotools(run_folder: tuple[Path, dict, np.ndarray]) -> None:
+    out_dir, _, masks = run_folder
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(out_dir / "predictions.json"))
+
+    assert [category["name"] for category in coco.dataset["categories"]] == [
+        "eye",
+        "fore/wing",
+        "leg",
+    ]
+    assert coco.dataset["info"]["model"] == "tiny"
+    assert "date_created" in coco.dataset["info"]
+    file_names = [image["file_name"] for image in coco.dataset["images"]]
+    assert file_names == ["beetle 1.jpg", "beetle 2.png"]
+    first = coco.loadAnns(coco.getAnnIds(imgIds=[1]))
+    assert [annotation["category_id"] for annotation in first] == [1, 3]
+    eye = first[0]
+    assert isinstance(eye["segmentation"]["counts"], str)
+    assert eye["area"] == 203 and eye["bbox"] == [10.0, 5.0, 31.0, 28.0]
+    assert eye["score"] == pytest.approx(0.9) and eye["iscrowd"] == 0
+    assert np.array_equal(coco.annToMask(eye).astype(bool), masks[0])
+    second = coco.loadAnns(coco.getAnnIds(imgIds=[2]))
+    assert second and all("score" not in annotation for annotation in second)
+
+
+def test_report_counts_and_entries(run_folder: tuple[Path, dict, np.ndarray]) -> None:
+    out_dir, report, _ = run_folder
+
+    assert json.loads((out_dir / "report.json").read_text()) == report
+    assert report["structures"] == ["eye", "fore/wing", "leg"]
+    assert report["n_ok"] == 2 and report["n_failed"] == 1
+    first, failed, second = report["images"]
+    assert first == {
+        "file": "beetle 1.jpg",
+        "status": "ok",
+        "error": None,
+        "seconds": 1.5,
+        "structures": {
+            "eye": {"area": 203, "score": 0.9},
+            "fore/wing": {"area": 0, "score": 0.1},
+            "leg": {"area": 96, "score": 0.75},
+        },
+    }
+    assert failed == {
+        "file": "broken.jpg",
+        "status": "failed",
+        "error": "cannot decode image broken.jpg",
+        "seconds": None,
+        "structures": {},
+    }
+    assert second["structures"]["eye"] == {"area": 96, "score": None}
+
+
+def test_output_file_names_never_collide(tmp_path: Path) -> None:
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    masks = np.ones((3, HEIGHT, WIDTH), dtype=bool)
+    writer = PredictionWriter(tmp_path, ["a b", "a/b", "../"], {})
+
+    writer.add(Path("x.jpg"), image, masks)
+    writer.add(Path("x.png"), image, masks)
+    report = writer.close()
+
+    assert _files(tmp_path / "masks") == [
+        "x__a_b.png",
+        "x__a_b_2.png",
+        "x__structure3.png",
+        "x_png__a_b.png",
+        "x_png__a_b_2.png",
+        "x_png__structure3.png",
+    ]
+    assert _files(tmp_path / "overlays") == ["x.jpg", "x_png.jpg"]
+    assert list(report["images"][0]["structures"]) == ["a b", "a/b", "../"]
+
+
+def test_masks_must_match_the_image(tmp_path: Path) -> None:
+    writer = PredictionWriter(tmp_path, ["eye", "leg"], {})
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+
+    with pytest.raises(ValueError, match=r"expected \(2, 48, 64\)"):
+        writer.add(Path("a.jpg"), image, np.zeros((1, HEIGHT, WIDTH), dtype=bool))
+
+
+def test_close_raises_when_predictions_do_not_decode_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = PredictionWriter(tmp_path, ["eye"], {})
+    masks = np.zeros((1, HEIGHT, WIDTH), dtype=bool)
+    masks[0, :4, :4] = True
+    monkeypatch.setattr("sam2pal.io.outputs.mask_area", lambda mask: 17)
+    writer.add(Path("a.jpg"), np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8), masks)
+
+    with pytest.raises(RuntimeError, match=r"annotation 1 decodes to 16 pixels, expected 17"):
+        writer.close()
