@@ -1,0 +1,156 @@
+"""`sam2pal bench`: training and prediction speed on this machine, printed as one table.
+
+Each image size runs in its own process so that its peak RSS is its own. Numbers only: the
+weights are random (quality means nothing here), the data is synthetic.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sam2pal.engine.propagate import Propagator
+from sam2pal.engine.trainer import LOG_NAME, VALIDATION_NAME, TrainConfig, Trainer
+from sam2pal.io.images import list_images, load_image
+from sam2pal.io.templates import load_coco_templates
+from sam2pal.model.build import load_model
+from sam2pal.synthetic import write_collection
+
+_SIZE = (640, 480)
+
+
+def _train_timing(model_name: str, image_size: int, device: str, folder: Path, steps: int) -> dict:
+    """Two epochs over `steps` specimens: the first encodes each specimen, the second reads the cache."""
+    model = load_model(model_name, image_size, device)
+    templates = load_coco_templates(folder / "templates.json")
+    out = folder / f"adapter_{len(templates.structures)}"
+    Trainer(model, templates, list_images(folder / "specimens")[:steps], out, TrainConfig(epochs=2)).run()
+    log = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
+    epochs = json.loads((out / VALIDATION_NAME).read_text())["epochs"]
+    later_steps = [e["seconds"] for e in log if e.get("epoch") == 2 and "step" in e]
+    return {"step_s": float(np.median(later_steps)), "epoch1_s": epochs[1]["seconds"], "epoch2_s": epochs[2]["seconds"]}
+
+
+def _predict_timing(model_name: str, image_size: int, device: str, folder: Path, count: int, batch: int) -> float:
+    model = load_model(model_name, image_size, device)
+    propagator = Propagator(model, load_coco_templates(folder / "templates.json"))
+    images = [load_image(p) for p in list_images(folder / "specimens")[:count]]
+    propagator.predict(images[:1])  # warm-up
+    start = time.perf_counter()
+    for i in range(0, len(images), batch):
+        propagator.predict(images[i : i + batch])
+    _sync(model.device)
+    return len(images) / (time.perf_counter() - start)
+
+
+def _video_predictor_timing(model_name: str, image_size: int, device: str, folder: Path, count: int) -> float:
+    """Meta's SAM2VideoPredictor, one two-frame video (template, specimen) per specimen."""
+    from PIL import Image
+    from sam2.build_sam import build_sam2_video_predictor
+
+    model = load_model(model_name, image_size, device)
+    checkpoint = folder / "bench_checkpoint.pt"
+    torch.save({"model": model.sam.state_dict()}, checkpoint)
+    side = image_size // 16
+    predictor = build_sam2_video_predictor(
+        f"configs/{model.variant.split('-')[0]}/{_config_name(model.variant)}", str(checkpoint), device=str(model.device),
+        hydra_overrides_extra=[
+            f"++model.image_size={image_size}",
+            f"++model.memory_attention.layer.self_attention.feat_sizes=[{side},{side}]",
+            f"++model.memory_attention.layer.cross_attention.feat_sizes=[{side},{side}]",
+        ],
+    )
+    templates = load_coco_templates(folder / "templates.json")
+    template = templates.templates[0]
+    videos = []
+    for i, path in enumerate(list_images(folder / "specimens")[:count]):
+        video = folder / f"video_{i}"
+        video.mkdir()
+        Image.fromarray(template.image).save(video / "00000.jpg", quality=95)
+        Image.fromarray(load_image(path)).save(video / "00001.jpg", quality=95)
+        videos.append(video)
+    start = time.perf_counter()
+    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=model.device.type == "cuda"):
+        for video in videos:
+            state = predictor.init_state(str(video))
+            for obj_id, mask in enumerate(templates.mask_stack(0)):
+                predictor.add_new_mask(state, 0, obj_id, mask)
+            for _ in predictor.propagate_in_video(state):
+                pass
+    _sync(model.device)
+    return len(videos) / (time.perf_counter() - start)
+
+
+def _config_name(variant: str) -> str:
+    from sam2pal.model.build import _VARIANTS
+
+    return Path(_VARIANTS[variant][0]).name
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _one_size(model_name: str, image_size: int, device: str, specimens: int, steps: int, queue) -> None:
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    with tempfile.TemporaryDirectory() as tmp:
+        row: dict = {"image_size": image_size}
+        for k in (1, 3):
+            folder = Path(tmp) / f"k{k}"
+            write_collection(folder, templates=1, specimens=max(specimens, steps), structures=k, size=_SIZE)
+            row[f"train_k{k}"] = _train_timing(model_name, image_size, device, folder, steps)
+        folder = Path(tmp) / "k3"
+        row["predict_ips"] = _predict_timing(model_name, image_size, device, folder, specimens, batch=4)
+        row["video_predictor_ips"] = _video_predictor_timing(model_name, image_size, device, folder, specimens)
+        row["device"] = str(load_model(model_name, 64, device).device)
+        row["peak_rss_mb"] = _peak_rss_mb()
+    queue.put(row)
+
+
+def run_bench(model: str, sizes: list[int], device: str, specimens: int, steps: int) -> list[dict]:
+    """Measure every size in a fresh process and print the table."""
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    for size in sizes:
+        queue = context.Queue()
+        process = context.Process(target=_one_size, args=(model, size, device, specimens, steps, queue))
+        process.start()
+        rows.append(queue.get())
+        process.join()
+    _print(model, rows)
+    return rows
+
+
+def _print(model: str, rows: list[dict]) -> None:
+    print(f"sam2pal bench: {model} (UNTRAINED weights), synthetic {_SIZE[0]}x{_SIZE[1]} specimens, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    header = ("size", "device", "K=1 step s", "K=3 step s", "K3/K1", "epoch1 s", "epoch2 s", "e1/e2",
+              "predict img/s", "videopred img/s", "speedup", "peak RSS MB")
+    print(" | ".join(header))
+    for r in rows:
+        k1, k3 = r["train_k1"], r["train_k3"]
+        print(" | ".join([
+            str(r["image_size"]), r["device"], f"{k1['step_s']:.3f}", f"{k3['step_s']:.3f}",
+            f"{k3['step_s'] / k1['step_s']:.2f}", f"{k3['epoch1_s']:.2f}", f"{k3['epoch2_s']:.2f}",
+            f"{k3['epoch1_s'] / k3['epoch2_s']:.2f}", f"{r['predict_ips']:.2f}", f"{r['video_predictor_ips']:.2f}",
+            f"{r['predict_ips'] / r['video_predictor_ips']:.2f}", f"{r['peak_rss_mb']:.0f}",
+        ]))
+    print("step s: one palindrome step with cached features (median of epoch 2); epoch1/epoch2: K=3 epoch "
+          "wall time, first (encodes every specimen) vs second (feature cache); predict: K=3, batch 4, "
+          "template memory reused; videopred: SAM2VideoPredictor, one 2-frame video per specimen.")
+    sys.stdout.flush()
