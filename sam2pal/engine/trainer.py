@@ -256,10 +256,11 @@ class Trainer:
 
     def _train_mode(self) -> None:
         """SAM2's train-mode paths (soft memories, gradients) without dropout: a cycle signal from
-        a handful of images is noisy enough, and dropout costs a sixth of a CPU step."""
+        a handful of images is noisy enough, and attention dropout pushes CPU attention off its
+        fused kernel (a K=3 step at 512 px took twice as long with it)."""
         self.loaded.sam.train()
         for module in self.loaded.sam.modules():
-            if isinstance(module, torch.nn.Dropout):
+            if isinstance(module, torch.nn.Dropout) or hasattr(module, "dropout_p"):
                 module.eval()
 
     def _train_step(self, specimen: Path) -> dict | None:
