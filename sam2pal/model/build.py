@@ -8,6 +8,7 @@ bare state dict or a renamed file load without the user naming a YAML file.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Meta's `{"model": state_dict}` or a bare state dict, loaded without unpickling code."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except (RuntimeError, OSError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise SamPalError(f"cannot read checkpoint {path}: {exc}".splitlines()[0]) from exc
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
@@ -134,18 +135,36 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _download(repo_id: str, filename: str) -> Path:
-    from huggingface_hub import hf_hub_download
+def _hub_error(repo_id: str, filename: str, exc: Exception) -> SamPalError:
+    return SamPalError(
+        f"could not get {filename} from the Hugging Face Hub repo {repo_id} and it is not cached "
+        f"({type(exc).__name__}); with no network, download the checkpoint elsewhere and pass "
+        "--model PATH"
+    )
+
+
+def _download(repo_id: str, filename: str | None) -> Path:
+    """A checkpoint from the Hub (or its cache); an unknown repo must hold exactly one .pt file
+    unless `repo:filename` names it."""
+    import huggingface_hub
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    failures = (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError)
+    if filename is None:
+        try:
+            candidates = [f for f in huggingface_hub.list_repo_files(repo_id) if f.endswith(".pt")]
+        except failures as exc:
+            raise _hub_error(repo_id, "the checkpoint list", exc) from exc
+        if len(candidates) != 1:
+            raise SamPalError(
+                f"--model {repo_id}: expected one .pt checkpoint in the repo, found {candidates or 'none'}; "
+                f"name it as --model {repo_id}:FILE.pt"
+            )
+        filename = candidates[0]
     try:
-        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
-        raise SamPalError(
-            f"could not get {filename} from the Hugging Face Hub repo {repo_id} and it is not cached "
-            f"({type(exc).__name__}); with no network, download the checkpoint elsewhere and pass "
-            "--model PATH"
-        ) from exc
+        return Path(huggingface_hub.hf_hub_download(repo_id=repo_id, filename=filename))
+    except failures as exc:
+        raise _hub_error(repo_id, filename, exc) from exc
 
 
 def fingerprint(sam: torch.nn.Module) -> str:
@@ -190,7 +209,7 @@ def build_model(variant: str, image_size: int, state_dict: dict[str, torch.Tenso
 
 
 def load_model(model: str = DEFAULT_MODEL, image_size: int = 1024, device: str = "auto") -> LoadedModel:
-    """Resolve `model` (size name, Hub id, checkpoint path or `random:SIZE`) and build it."""
+    """Resolve `model` (size name, Hub repo id, checkpoint path or `random:SIZE`) and build it."""
     check_image_size(image_size)
     torch_device = pick_device(device)
     checkpoint: Path | None = None
@@ -206,16 +225,23 @@ def load_model(model: str = DEFAULT_MODEL, image_size: int = 1024, device: str =
             raise SamPalError(f"--model {model} is a folder; pass the checkpoint file inside it (.pt)")
         state_dict = _read_checkpoint(checkpoint)
         variant = variant_from_state_dict(state_dict, str(checkpoint))
-    else:
-        variant = _variant_from_name(model)
-        if variant is None:
-            raise SamPalError(
-                f"--model {model} is neither a file nor a known model; use tiny, small, base-plus, large, "
-                "sam2-tiny…, a facebook/sam2.1-hiera-* repo id, a checkpoint path or random:tiny"
-            )
+    elif Path(model).suffix in (".pt", ".pth", ".ckpt"):
+        raise SamPalError(f"checkpoint not found: {model}; check the --model path")
+    elif (variant := _variant_from_name(model)) is not None:
         family, size = variant.split("-", 1)
         checkpoint = _download(f"facebook/{family}-hiera-{size}", _VARIANTS[variant][1])
         state_dict = _read_checkpoint(checkpoint)
+    elif model.count("/") == 1 and not model.startswith((".", "/", "~")):
+        repo_id, _, filename = model.partition(":")
+        checkpoint = _download(repo_id, filename or None)
+        state_dict = _read_checkpoint(checkpoint)
+        variant = variant_from_state_dict(state_dict, model)
+    else:
+        raise SamPalError(
+            f"--model {model} is neither a file nor a known model; use tiny, small, base-plus, large, "
+            "sam2-tiny…, a Hugging Face repo id (OWNER/NAME or OWNER/NAME:FILE.pt), a checkpoint path "
+            "or random:tiny"
+        )
     sam = build_model(variant, image_size, state_dict).to(torch_device)
     return LoadedModel(
         sam=sam,
