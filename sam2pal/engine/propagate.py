@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
+from sam2pal.engine.orientation import SEARCHES, orient, restore
+from sam2pal.engine.qc import QCConfig, StructureQC, TemplateTruth, assess, round_trip_iou
 from sam2pal.engine.tracking import Memory, TrackOutput, condition_on_mask, repeat_memory, track
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import load_image
@@ -32,6 +34,8 @@ class Prediction:
     masks: np.ndarray  # bool (K, H, W)
     scores: list[float]  # the decoder's IoU estimate, 0 when the object score says absent
     object_scores: list[float]  # sigmoid of SAM2's object score
+    qc: list[StructureQC] | None = None
+    orientation: str = "rot0"
 
 
 def template_frame(encoder: Encoder, template_set: TemplateSet, index: int, cache: FeatureCache | None) -> Frame:
@@ -79,15 +83,41 @@ def full_resolution(low_res_logits: torch.Tensor, height: int, width: int) -> np
 
 
 class Propagator:
-    """Holds the template memory and predicts batches of specimens from it."""
+    """Holds the template memory and predicts batches of specimens from it.
 
-    def __init__(self, loaded: LoadedModel, template_set: TemplateSet, encoder: Encoder | None = None):
+    With `qc` on, every prediction also gets the round-trip quality check; with an orientation
+    search, every turn of a specimen is predicted and the one with the best QC score is kept.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        template_set: TemplateSet,
+        encoder: Encoder | None = None,
+        qc: QCConfig | None = None,
+        orientation: str = "none",
+    ):
+        if orientation not in SEARCHES:
+            raise SamPalError(f"--orientation-search {orientation!r}: use one of {', '.join(SEARCHES)}")
+        if orientation != "none" and qc is None:
+            raise SamPalError("--orientation-search needs the quality check; drop --no-qc")
         self.loaded = loaded
         self.structures = list(template_set.structures)
         self.encoder = encoder or Encoder(loaded)
+        self.qc = qc
+        self.orientations = SEARCHES[orientation]
         loaded.sam.eval()
+        indices = list(range(len(template_set.templates)))
+        cache = FeatureCache()
         with torch.no_grad():
-            self.memories = template_memories(self.encoder, template_set, list(range(len(template_set.templates))))
+            self.memories = template_memories(self.encoder, template_set, indices, cache)
+            self.truths = [self._truth(template_set, i, cache) for i in indices] if qc is not None else []
+
+    def _truth(self, template_set: TemplateSet, index: int, cache: FeatureCache) -> TemplateTruth:
+        side = self.loaded.image_size // 4
+        masks = resize_masks(template_set.mask_stack(index), side)[:, 0] > 0
+        annotated = torch.tensor([name in template_set.templates[index].masks for name in self.structures])
+        return TemplateTruth(template_frame(self.encoder, template_set, index, cache), masks.to(self.loaded.device), annotated.to(self.loaded.device))
 
     @torch.no_grad()
     def logits(self, images: list[np.ndarray]) -> TrackOutput:
@@ -96,16 +126,36 @@ class Propagator:
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        """Every image in every searched orientation goes through one encoder batch."""
         count = len(self.structures)
-        output = self.logits(images)
+        turned = [orient(image, name) for image in images for name in self.orientations]
+        frame = self.encoder.encode_images(turned)
+        output = segment(self.encoder, frame, self.memories, count)
+        qc = None
+        if self.qc is not None:
+            trip = round_trip_iou(self.encoder, frame, output, self.truths, count)
+            qc = assess(output, trip, self.truths, count, self.qc)
         present = torch.sigmoid(output.object_score_logits.float()[:, 0])
         iou = output.iou.float() * (output.object_score_logits.float()[:, 0] > 0)
         results = []
         for b, image in enumerate(images):
-            rows = slice(b * count, (b + 1) * count)
-            masks = full_resolution(output.low_res_logits[rows], image.shape[0], image.shape[1])
-            results.append(Prediction(masks, iou[rows].tolist(), present[rows].tolist()))
+            choice = b * len(self.orientations)
+            if qc is not None and len(self.orientations) > 1:
+                candidates = range(choice, choice + len(self.orientations))
+                choice = max(candidates, key=lambda v: _qc_score(qc[v]))
+            name = self.orientations[choice - b * len(self.orientations)]
+            rows = slice(choice * count, (choice + 1) * count)
+            height, width = turned[choice].shape[:2]
+            masks = restore(full_resolution(output.low_res_logits[rows], height, width), name)
+            results.append(Prediction(masks, iou[rows].tolist(), present[rows].tolist(),
+                                      qc[choice] if qc is not None else None, name))
         return results
+
+
+def _qc_score(structures: list[StructureQC]) -> float:
+    """Mean round-trip IoU over structures that have one; orientation search maximises it."""
+    values = [s.round_trip_iou for s in structures if s.round_trip_iou is not None]
+    return float(np.mean(values)) if values else 0.0
 
 
 @dataclass
