@@ -113,3 +113,24 @@ def test_adapter_from_another_base_model_is_refused(tiny, collection, tmp_path, 
     torch.save({"model": state}, other)
     with pytest.raises(SamPalError, match="was trained on random:tiny"):
         load_adapter(load_model(str(other), IMAGE_SIZE, "cpu"), tmp_path / "a")
+
+
+@pytest.mark.parametrize("mode, encoder_trains", [("decoder", False), ("lora-encoder", True)])
+def test_other_modes_save_what_they_train_and_reload(collection, tmp_path, mode, encoder_trains):
+    from safetensors.torch import load_file
+
+    templates = load_templates(collection / "templates.json")
+    model = load_model("random:tiny", 128, "cpu")
+    config = TrainConfig(epochs=1, steps_per_epoch=1, mode="lora" if mode == "lora-encoder" else mode,
+                         lora_encoder=mode == "lora-encoder", lora_rank=2)
+    trainer = Trainer(model, templates, list_images(collection / "specimens"), tmp_path / "a", config)
+    assert (trainer.cache is None) == encoder_trains  # a training encoder cannot use cached features
+    trainer.run()
+    saved = load_file(tmp_path / "a" / WEIGHTS_NAME)
+    assert any(k.startswith("image_encoder.") for k in saved) == encoder_trains
+    if mode == "decoder":
+        assert "sam_mask_decoder.iou_token.weight" in saved and not any("lora_" in k for k in saved)
+    fresh = load_model("random:tiny", 128, "cpu")
+    load_adapter(fresh, tmp_path / "a")
+    state = fresh.sam.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
