@@ -1,0 +1,142 @@
+"""Jobs in a worker process on this machine (CPU, CUDA or MPS).
+
+Each job runs in its own spawned process, so a crash or an out-of-memory kill in the model never
+takes the web server down. One job runs at a time (one GPU, or a few CPU cores); the others wait
+in order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import threading
+import traceback
+from dataclasses import dataclass
+
+from backends.base import Backend
+from sam2pal.jobs import JobCancelled, JobSpec, JobStatus, apply_event, run_job
+
+_GRACE_SECONDS = 15.0
+
+
+def _worker(spec_json: str, events, stop) -> None:
+    """Entry point of the job process: run the job, send every event, end with done or error."""
+    from sam2pal.errors import SamPalError
+
+    spec = JobSpec.from_json(spec_json)
+    try:
+        files = run_job(spec, events.put, stop.is_set)
+        events.put({"type": "done", "files": files})
+    except JobCancelled:
+        events.put({"type": "cancelled"})
+    except SamPalError as exc:
+        events.put({"type": "error", "message": str(exc)})
+    except Exception as exc:  # the job failed in an unforeseen way: report it, keep the server up
+        events.put({"type": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+
+
+@dataclass
+class _Job:
+    spec: JobSpec
+    status: JobStatus
+    process: multiprocessing.Process | None = None
+    stop: object | None = None
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._jobs: dict[str, _Job] = {}
+        self._waiting: list[str] = []
+        self._running: str | None = None
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return "local worker process (one job at a time)"
+
+    def start(self, spec: JobSpec) -> str:
+        with self._lock:
+            self._jobs[spec.job_id] = _Job(spec, JobStatus(spec.job_id, spec.kind, "queued", message="waiting"))
+            self._waiting.append(spec.job_id)
+        self._next()
+        return spec.job_id
+
+    def _next(self) -> None:
+        with self._lock:
+            if self._running is not None or not self._waiting:
+                return
+            job = self._jobs[self._waiting.pop(0)]
+            self._running = job.spec.job_id
+            events = self._context.Queue()
+            job.stop = self._context.Event()
+            job.process = self._context.Process(
+                target=_worker, args=(job.spec.to_json(), events, job.stop), daemon=True, name=f"sam2pal-{job.spec.kind}"
+            )
+            job.status.state = "running"
+            job.status.message = "starting"
+            job.process.start()
+        threading.Thread(target=self._watch, args=(job, events), daemon=True).start()
+
+    def _watch(self, job: _Job, events) -> None:
+        """Move events from the worker into the job status until the worker ends."""
+        final: dict | None = None
+        while final is None:
+            try:
+                event = events.get(timeout=0.5)
+            except queue.Empty:
+                if not job.process.is_alive():
+                    break
+                continue
+            if event["type"] in ("done", "error", "cancelled"):
+                final = event
+            else:
+                with self._lock:
+                    apply_event(job.status, event)
+        job.process.join(timeout=_GRACE_SECONDS)
+        with self._lock:
+            status = job.status
+            if final is None:
+                status.state = "failed"
+                status.error = (f"the job's worker process ended with exit code {job.process.exitcode} "
+                                "(out of memory?); try a smaller --image-size or batch size")
+            elif final["type"] == "done":
+                status.state, status.progress, status.files = "done", 1.0, final["files"]
+            elif final["type"] == "cancelled" or job.stop.is_set():
+                status.state = "cancelled"
+            else:
+                status.state, status.error = "failed", final["message"]
+            status.message = status.error or status.state
+            self._running = None
+        self._next()
+
+    def status(self, job_id: str) -> JobStatus:
+        with self._lock:
+            status = self._jobs[job_id].status
+            return JobStatus(**{**status.__dict__, "events": list(status.events), "files": dict(status.files)})
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            job = self._jobs[job_id]
+            if job_id in self._waiting:
+                self._waiting.remove(job_id)
+                job.status.state = job.status.message = "cancelled"
+                return
+            if job.status.finished or job.stop is None:
+                return
+            job.stop.set()
+        threading.Timer(_GRACE_SECONDS, self._kill_if_alive, args=(job,)).start()
+
+    def _kill_if_alive(self, job: _Job) -> None:
+        if job.process is not None and job.process.is_alive():
+            job.process.terminate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._waiting.clear()
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if job.process is not None and job.process.is_alive():
+                job.process.terminate()
+                job.process.join(timeout=5)

@@ -1,0 +1,139 @@
+"""Jobs: a plain, serialisable spec in; a stream of progress events out; files at the end.
+
+A backend decides where a job runs (a worker process here, a GPU Space, another server); this
+module is what runs it. Nothing here imports Gradio, and the UI never imports this module's
+heavy dependencies: `run_job` imports the engine only when it is called.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+KINDS = ("predict", "train")
+STATES = ("queued", "running", "done", "failed", "cancelled")
+
+Emit = Callable[[dict], None]
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its backend asked it to stop."""
+
+
+@dataclass
+class JobSpec:
+    """Everything a job needs, as paths and plain values, so it can cross a process boundary."""
+
+    kind: str
+    workdir: str
+    templates: str  # COCO template file
+    images: str  # folder of specimen images
+    template_images: str | None = None
+    model: str = "facebook/sam2.1-hiera-tiny"
+    image_size: int = 1024
+    device: str = "auto"
+    adapter: str | None = None
+    batch_size: int = 4
+    orientation: str = "none"
+    train: dict = field(default_factory=dict)  # TrainConfig fields
+    job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"job kind {self.kind!r}: use one of {', '.join(KINDS)}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "JobSpec":
+        return cls(**json.loads(text))
+
+
+@dataclass
+class JobStatus:
+    job_id: str
+    kind: str
+    state: str
+    progress: float = 0.0  # 0..1
+    message: str = ""
+    events: list[dict] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # name -> path, once done
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+
+def _zip_folder(folder: Path, archive: Path) -> Path:
+    tmp = archive.with_suffix(".zip.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                bundle.write(path, path.relative_to(folder))
+    tmp.replace(archive)
+    return archive
+
+
+def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[str, str]:
+    """Run `spec` in this process, reporting through `emit`; return the result files."""
+    from sam2pal import api
+    from sam2pal.engine.trainer import TrainConfig
+    from sam2pal.model.build import describe
+
+    workdir = Path(spec.workdir)
+    emit({"type": "message", "message": "loading templates and model"})
+    templates = api.load_templates(spec.templates, spec.template_images)
+    model = api.load_model(spec.model, spec.image_size, spec.device)
+    emit({"type": "message", "message": f"model: {describe(model)}"})
+    if spec.kind == "train":
+        adapter_dir = workdir / "adapter"
+
+        def progress(event: dict) -> None:
+            emit(event)
+
+        result = api.finetune(model, templates, spec.images, adapter_dir, TrainConfig(**spec.train),
+                              progress=progress, should_stop=should_stop)
+        if should_stop():
+            raise JobCancelled()
+        emit({"type": "message", "message": f"kept epoch {result.best_epoch}"})
+        return {"adapter": str(adapter_dir), "adapter_zip": str(_zip_folder(adapter_dir, workdir / "adapter.zip"))}
+
+    out = workdir / "out"
+
+    def predicted(done: int, total: int) -> None:
+        emit({"type": "progress", "done": done, "total": total})
+        if should_stop():
+            raise JobCancelled()
+
+    report = api.predict(model, templates, spec.images, out, spec.adapter, spec.batch_size, progress=predicted)
+    emit({"type": "message", "message": f"{report['n_ok']} segmented, {report['n_failed']} failed"})
+    return {
+        "predictions": str(out / "predictions.json"),
+        "report": str(out / "report.json"),
+        "overlays": str(out / "overlays"),
+        "masks": str(out / "masks"),
+        "results_zip": str(_zip_folder(out, workdir / "results.zip")),
+    }
+
+
+def apply_event(status: JobStatus, event: dict) -> None:
+    """Fold one event into a status; every backend uses this so their statuses agree."""
+    status.events.append({**event, "time": event.get("time", time.time())})
+    kind = event.get("type")
+    if kind == "step" and event.get("total_steps"):
+        status.progress = event["step"] / event["total_steps"]
+        status.message = f"step {event['step']}/{event['total_steps']}, loss {event['loss']:.3f}"
+    elif kind == "progress" and event.get("total"):
+        status.progress = event["done"] / event["total"]
+        status.message = f"{event['done']}/{event['total']} images"
+    elif kind in ("message", "warning"):
+        status.message = event.get("message", "")
+    elif kind == "epoch" and event.get("mean_iou") is not None:
+        status.message = f"epoch {event['epoch']}: validation IoU {event['mean_iou']:.3f}"

@@ -1,0 +1,104 @@
+"""The local backend: jobs in worker processes, events, results, cancel, crash isolation."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from backends import available, get_backend
+from backends.local import LocalBackend
+from sam2pal.jobs import JobSpec, JobStatus, apply_event
+
+from conftest import IMAGE_SIZE
+
+
+def _spec(collection, tmp_path, kind="predict", **extra) -> JobSpec:
+    return JobSpec(kind=kind, workdir=str(tmp_path / kind), templates=str(collection / "templates.json"),
+                   images=str(collection / "specimens"), model="random:tiny", image_size=IMAGE_SIZE,
+                   device="cpu", **extra)
+
+
+def _wait(backend, job_id, timeout=240) -> JobStatus:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = backend.status(job_id)
+        if status.finished:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} did not finish: {backend.status(job_id)}")
+
+
+@pytest.fixture
+def backend():
+    local = LocalBackend()
+    yield local
+    local.close()
+
+
+def test_backends_are_found_through_entry_points():
+    assert "local" in available()
+    assert isinstance(get_backend("local"), LocalBackend)
+    with pytest.raises(ValueError, match="'nope' is not installed"):
+        get_backend("nope")
+
+
+def test_spec_round_trips_through_json(collection, tmp_path):
+    spec = _spec(collection, tmp_path, kind="train", train={"epochs": 2})
+    assert JobSpec.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match="job kind"):
+        JobSpec(kind="paint", workdir="w", templates="t", images="i")
+
+
+def test_predict_and_train_jobs_run_in_order_with_events(backend, collection, tmp_path):
+    train = backend.start(_spec(collection, tmp_path, kind="train", train={"epochs": 1, "steps_per_epoch": 2}))
+    predict = backend.start(_spec(collection, tmp_path))
+    assert backend.status(predict).state == "queued"  # one job at a time
+    trained = _wait(backend, train)
+    assert trained.state == "done", trained.error
+    assert [e["step"] for e in trained.events if e["type"] == "step"] == [1, 2]
+    assert any(e["type"] == "epoch" for e in trained.events)
+    assert trained.files["adapter_zip"].endswith("adapter.zip")
+    predicted = _wait(backend, predict)
+    assert predicted.state == "done", predicted.error
+    assert predicted.progress == 1.0
+    report = json.loads(open(predicted.files["report"]).read())
+    assert report["n_ok"] == 3
+
+
+def test_a_user_error_fails_the_job_with_its_message(backend, collection, tmp_path):
+    spec = _spec(collection, tmp_path)
+    spec.templates = str(tmp_path / "missing.json")
+    status = _wait(backend, backend.start(spec))
+    assert status.state == "failed" and "missing.json" in status.error
+
+
+def test_a_killed_worker_fails_its_job_and_the_next_job_still_runs(backend, collection, tmp_path):
+    doomed = backend.start(_spec(collection, tmp_path, kind="train", train={"epochs": 50}))
+    after = backend.start(_spec(collection, tmp_path))
+    while backend.status(doomed).state != "running":
+        time.sleep(0.05)
+    backend._jobs[doomed].process.kill()  # what the kernel's OOM killer would do
+    failed = _wait(backend, doomed)
+    assert failed.state == "failed" and "exit code" in failed.error
+    assert _wait(backend, after).state == "done"
+
+
+def test_cancel_a_queued_and_a_running_job(backend, collection, tmp_path):
+    running = backend.start(_spec(collection, tmp_path, kind="train", train={"epochs": 50}))
+    queued = backend.start(_spec(collection, tmp_path))
+    backend.cancel(queued)
+    assert backend.status(queued).state == "cancelled"
+    while not any(e["type"] == "step" for e in backend.status(running).events):
+        time.sleep(0.1)
+    backend.cancel(running)
+    assert _wait(backend, running, timeout=60).state == "cancelled"
+
+
+def test_apply_event_tracks_progress():
+    status = JobStatus("j", "train", "running")
+    apply_event(status, {"type": "step", "step": 3, "total_steps": 12, "loss": 0.5})
+    assert status.progress == 0.25 and "3/12" in status.message
+    apply_event(status, {"type": "progress", "done": 1, "total": 4})
+    assert status.progress == 0.25 and status.message == "1/4 images"
