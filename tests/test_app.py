@@ -1,48 +1,139 @@
-"""The web app in-process on 127.0.0.1, driven through its API with gradio_client."""
+"""The web app: API endpoints over HTTP with gradio_client, and the page's handlers directly."""
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from PIL import Image
 from pycocotools.coco import COCO
 
-from sam2pal.ui.app import AppConfig, build_app
-from sam2pal.ui.app import segment as run_segment
+from backends.local import LocalBackend
+from sam2pal.errors import SamPalError
+from sam2pal.ui.app import AppConfig, SamPalApp, build_app
+from sam2pal.ui.editing import EDITOR_MAX_SIDE, editor_image, layer_masks
+from sam2pal.ui.workspace import Limits, Workspaces, extract_zip
 
 from conftest import IMAGE_SIZE
 
+CONFIG = AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu")
+
 
 @pytest.fixture
-def server():
-    app = build_app(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"))
-    app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True)
+def backend():
+    local = LocalBackend()
+    yield local
+    local.close()
+
+
+@pytest.fixture
+def server(backend, tmp_path):
+    workspaces = Workspaces(tmp_path / "sessions")
+    app = build_app(CONFIG, backend, workspaces)
+    app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                       allowed_paths=[str(workspaces.root)])
     try:
         yield app
     finally:
         app.close()
 
 
-def test_predict_endpoint_returns_a_coco_file_that_pycocotools_loads(server, collection):
+def test_api_trains_then_predicts_and_the_coco_file_loads(server, collection):
     client = Client(server.local_url, verbose=False)
-    specimens = sorted((collection / "specimens").iterdir())
-    gallery, coco_path, zip_path, status = client.predict(
-        handle_file(str(collection / "templates.json")),
-        [handle_file(str(collection / f"template_{i}.png")) for i in range(2)],
-        [handle_file(str(p)) for p in specimens],
-        api_name="/predict",
-    )
-    assert status.startswith("3 specimens segmented")
-    assert len(gallery) == 3
+    templates = handle_file(str(collection / "templates.json"))
+    images = [handle_file(str(collection / f"template_{i}.png")) for i in range(2)]
+    specimens = [handle_file(str(p)) for p in sorted((collection / "specimens").iterdir())]
+    adapter_zip, validation = client.predict(templates, images, specimens, 1, "lora", 2, 0, api_name="/train")
+    assert zipfile.ZipFile(adapter_zip).namelist().count("adapter_model.safetensors") == 1
+    assert json.loads(validation)["epochs"][0]["epoch"] == 0
+
+    coco_path, zip_path, report = client.predict(templates, images, specimens, 0, "none", api_name="/predict")
     coco = COCO(coco_path)
-    assert sorted(img["file_name"] for img in coco.dataset["images"]) == [p.name for p in specimens]
-    assert json.load(open(coco_path))["info"]["untrained_model"] is True
-    assert zip_path.endswith(".zip")
+    assert len(coco.getImgIds()) == 3 and [c["name"] for c in coco.dataset["categories"]] == ["head", "wing", "eye"]
+    for annotation in coco.loadAnns(coco.getAnnIds()):
+        assert coco.annToMask(annotation).shape == (120, 160)
+    assert json.loads(report)["n_ok"] == 3
+    assert "predictions.json" in zipfile.ZipFile(zip_path).namelist()
 
 
-def test_missing_templates_is_a_clear_message(collection):
-    import gradio as gr
+def test_job_endpoints_for_the_remote_backend(server, collection):
+    client = Client(server.local_url, verbose=False)
+    job_id = client.predict("predict", handle_file(str(collection / "templates.json")),
+                            [handle_file(str(collection / f"template_{i}.png")) for i in range(2)],
+                            [handle_file(str(sorted((collection / "specimens").iterdir())[0]))], "{}",
+                            api_name="/submit_job")
+    status = json.loads(client.predict(job_id, api_name="/job_status"))
+    assert status["job_id"] == job_id and status["kind"] == "predict"
+    with pytest.raises(Exception, match="no job"):
+        client.predict("unknown", api_name="/job_status")
 
-    with pytest.raises(gr.Error, match="COCO template file"):
-        run_segment(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), None, None, None)
+
+def _editor_value(height, width, strokes):
+    """What the ImageEditor sends: background plus one RGBA layer per structure."""
+    layers = []
+    for box in strokes:
+        layer = np.zeros((height, width, 4), np.uint8)
+        if box is not None:
+            y0, y1, x0, x1 = box
+            layer[y0:y1, x0:x1] = (255, 0, 0, 255)
+        layers.append(layer)
+    return {"background": np.zeros((height, width, 4), np.uint8), "layers": layers, "composite": None}
+
+
+def test_drawn_layers_become_masks_and_the_review_shows_them(tmp_path, collection):
+    ui = SamPalApp(CONFIG, backend=None, workspaces=Workspaces(tmp_path))
+    token, ws = ui.workspaces.get(None)
+    ui.upload_templates([str(collection / "template_0.png")], token)
+    ui.apply_structures("head\nwing", token)
+    review, note = ui.save_masks(_editor_value(120, 160, [(10, 20, 30, 60), None]), "template_0.png", token)
+    assert ws.mask("template_0.png", "head").sum() == 10 * 30
+    assert ws.mask("template_0.png", "wing") is None
+    assert [caption for _, caption in review] == ["head: 300 px", "wing: no mask"]
+    assert "1 of 2" in note
+
+
+def test_a_fully_painted_layer_is_refused():
+    value = _editor_value(50, 50, [(0, 50, 0, 50)])
+    with pytest.raises(SamPalError, match="fully painted"):
+        layer_masks(value, ["eye"], 50, 50)
+
+
+def test_large_images_are_shrunk_for_the_editor_and_masks_map_back():
+    image = np.zeros((3000, 4500, 3), np.uint8)
+    small = editor_image(image)
+    assert max(small.shape[:2]) == EDITOR_MAX_SIDE
+    masks = layer_masks(_editor_value(*small.shape[:2], [(0, 100, 0, 100)]), ["eye"], 3000, 4500)
+    assert masks["eye"].shape == (3000, 4500)
+    assert abs(masks["eye"].sum() - (100 * 3000 / 1365.33) ** 2) / masks["eye"].sum() < 0.05
+
+
+def test_sessions_are_isolated_and_tokens_re_attach(tmp_path):
+    workspaces = Workspaces(tmp_path)
+    first, ws1 = workspaces.get(None)
+    second, ws2 = workspaces.get(None)
+    assert first != second and ws1.root != ws2.root
+    assert workspaces.get(first)[1].root == ws1.root
+    assert workspaces.get("../../etc")[0] != "../../etc"  # forged tokens get a fresh workspace
+
+
+def test_zip_upload_is_flattened_and_capped(tmp_path):
+    archive = tmp_path / "a.zip"
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG")
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("../../evil.png", buffer.getvalue())
+        bundle.writestr("dir/ok.png", buffer.getvalue())
+        bundle.writestr("notes.txt", "x")
+    target = tmp_path / "out"
+    target.mkdir()
+    written = extract_zip(archive, target, Limits())
+    assert sorted(p.name for p in written) == ["evil.png", "ok.png"]
+    assert all(p.parent == target for p in written)
+    with pytest.raises(SamPalError, match="limit is 1"):
+        extract_zip(archive, target, Limits(max_zip_files=1))
+    with pytest.raises(SamPalError, match="unpacks to"):
+        extract_zip(archive, target, Limits(max_zip_bytes=10))

@@ -1,21 +1,32 @@
-"""A first web app: upload templates and specimens, segment them, download COCO.
+"""The sam2pal web app: templates → optional fine-tune → segment the collection → export.
 
-Each click runs `sam2pal predict` in a separate worker process inside a fresh per-request
-workspace, so a crash or out-of-memory error in the model never takes the web server down and
-one user's files are never visible to another.
+The UI holds no model: every job goes to a `Backend` (a worker process, a GPU Space, another
+server) and the page polls it, so a job survives a closed tab and the page re-attaches on reload.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
-import subprocess
-import sys
-import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
+from PIL import Image
+
+from backends.base import Backend
+from sam2pal.errors import SamPalError
+from sam2pal.io.images import load_image
+from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
+from sam2pal.io.outputs import STRUCTURE_COLORS, atomic_save_image, atomic_write_json
+from sam2pal.jobs import JobSpec, JobStatus
+from sam2pal.ui.api import register_api
+from sam2pal.ui.editing import corrected, editor_image, layer_masks, overview, review_items, tinted
+from sam2pal.ui.workspace import Limits, Workspace, Workspaces
+
+CSS = "#editor canvas {cursor: crosshair}"
 
 
 @dataclass
@@ -24,66 +35,475 @@ class AppConfig:
     image_size: int = 1024
     device: str = "auto"
     batch_size: int = 4
+    limits: Limits = field(default_factory=Limits)
+    max_file_size: str = "100mb"
 
 
-def _copy(files: list[str] | None, folder: Path) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copy(f, folder / Path(f).name)) for f in files or []]
+def _hex(color: tuple[int, int, int]) -> str:
+    return "#%02x%02x%02x" % color
 
 
-def _zip(out: Path) -> Path:
-    archive = out.parent / "sam2pal_results.zip"
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-        for path in sorted(out.rglob("*")):
+def _editor(names: list[str], value=None) -> gr.ImageEditor:
+    colors = [_hex(STRUCTURE_COLORS[i % len(STRUCTURE_COLORS)]) for i in range(max(1, len(names)))]
+    return gr.ImageEditor(
+        value=value,
+        layers=gr.LayerOptions(layers=names or ["structure"], allow_additional_layers=False),
+        brush=gr.Brush(colors=colors, default_color=colors[0], color_mode="fixed"),
+    )
+
+
+def _error(exc: SamPalError) -> gr.Error:
+    return gr.Error(str(exc))
+
+
+class SamPalApp:
+    """Handlers of the page; each takes the session token and works in that session's workspace."""
+
+    def __init__(self, config: AppConfig, backend: Backend, workspaces: Workspaces | None = None):
+        self.config = config
+        self.backend = backend
+        self.workspaces = workspaces or Workspaces()
+
+    def _ws(self, token: str | None) -> Workspace:
+        return self.workspaces.get(token)[1]
+
+    # --- session ----------------------------------------------------------------------------
+
+    def attach(self, token: str | None):
+        """On page load: the same workspace and jobs as before the reload, or a new workspace."""
+        token, ws = self.workspaces.get(token)
+        names = ws.template_names()
+        return (token, "\n".join(ws.structures), gr.Dropdown(choices=names, value=names[0] if names else None),
+                _editor(ws.structures), self._specimen_note(ws))
+
+    # --- templates --------------------------------------------------------------------------
+
+    def upload_templates(self, files: list[str] | None, token: str):
+        ws = self._ws(token)
+        try:
+            ws.add_template_images(files or [])
+        except SamPalError as exc:
+            raise _error(exc) from exc
+        names = ws.template_names()
+        return gr.Dropdown(choices=names, value=names[-1] if names else None)
+
+    def import_coco(self, coco_file: str | None, images: list[str] | None, token: str):
+        if not coco_file:
+            raise gr.Error("Choose the COCO template file (and its images) first.")
+        ws = self._ws(token)
+        try:
+            imported = ws.import_coco(coco_file, images or [])
+        except SamPalError as exc:
+            raise _error(exc) from exc
+        names = ws.template_names()
+        first = Path(imported.templates[0].name).name
+        return ("\n".join(ws.structures), gr.Dropdown(choices=names, value=first), _editor(ws.structures),
+                f"Imported {len(imported.templates)} templates with {len(imported.structures)} structures.")
+
+    def apply_structures(self, text: str, token: str):
+        ws = self._ws(token)
+        try:
+            ws.set_structures(text.replace(",", "\n").splitlines())
+        except SamPalError as exc:
+            raise _error(exc) from exc
+        return _editor(ws.structures), gr.Radio(choices=ws.structures, value=ws.structures[0] if ws.structures else None)
+
+    def show_template(self, name: str | None, token: str):
+        """The template in the editor (existing masks tinted into the background) and its review."""
+        ws = self._ws(token)
+        if not name:
+            return _editor(ws.structures), [], None
+        image = ws.template_image(name)
+        masks = {s: ws.mask(name, s) for s in ws.structures}
+        background = overview(image, masks, ws.structures)
+        return (_editor(ws.structures, {"background": background, "layers": [], "composite": background}),
+                review_items(image, masks, ws.structures), background)
+
+    def save_masks(self, value: dict | None, name: str | None, token: str):
+        """Each drawn layer replaces its structure's mask; untouched layers keep what was there."""
+        ws = self._ws(token)
+        if not name:
+            raise gr.Error("Upload or choose a template image first.")
+        if not ws.structures:
+            raise gr.Error("Name the structures and press Apply structures first.")
+        image = ws.template_image(name)
+        try:
+            drawn = layer_masks(value, ws.structures, *image.shape[:2])
+        except SamPalError as exc:
+            raise _error(exc) from exc
+        for structure, mask in drawn.items():
+            if mask.any():
+                ws.set_mask(name, structure, mask)
+        masks = {s: ws.mask(name, s) for s in ws.structures}
+        saved = sum(m is not None for m in masks.values())
+        return review_items(image, masks, ws.structures), f"{name}: {saved} of {len(ws.structures)} structures have a mask."
+
+    def clear_mask(self, name: str | None, structure: str | None, token: str):
+        ws = self._ws(token)
+        if name and structure:
+            ws.set_mask(name, structure, None)
+        return self.show_template(name, token)
+
+    def download_templates(self, token: str) -> str:
+        try:
+            return str(self._ws(token).save_templates_coco())
+        except SamPalError as exc:
+            raise _error(exc) from exc
+
+    # --- collection -------------------------------------------------------------------------
+
+    def _specimen_note(self, ws: Workspace) -> str:
+        count = len(ws.specimens())
+        return f"{count} specimen images in this session." if count else "No specimen images yet."
+
+    def upload_specimens(self, files: list[str] | None, token: str) -> str:
+        ws = self._ws(token)
+        try:
+            ws.add_specimens(files or [], self.config.limits)
+        except SamPalError as exc:
+            raise _error(exc) from exc
+        return self._specimen_note(ws)
+
+    def clear_specimens(self, token: str) -> str:
+        ws = self._ws(token)
+        ws.clear_specimens()
+        return self._specimen_note(ws)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def _spec(self, ws: Workspace, kind: str, **extra) -> JobSpec:
+        try:
+            templates = ws.save_templates_coco()
+        except SamPalError as exc:
+            raise _error(exc) from exc
+        if not ws.specimens():
+            raise gr.Error("Upload specimen photos first.")
+        return JobSpec(kind=kind, workdir=str(ws.job_dir()), templates=str(templates), images=str(ws.specimen_dir()),
+                       template_images=str(templates.parent), model=self.config.model, device=self.config.device,
+                       batch_size=self.config.batch_size, **extra)
+
+    def start_training(self, epochs: float, mode: str, lr: float | None, image_size: str, token: str) -> str:
+        ws = self._ws(token)
+        train = {"epochs": int(epochs), "mode": mode}
+        if lr:
+            train["lr"] = float(lr)
+        job_id = self.backend.start(self._spec(ws, "train", image_size=int(image_size), train=train))
+        ws.remember_job("train", job_id)
+        return "Fine-tuning queued…"
+
+    def start_prediction(self, adapter_choice: str, orientation: str, image_size: str, token: str) -> str:
+        ws = self._ws(token)
+        adapter = None
+        if adapter_choice == "fine-tuned here":
+            adapter = self._adapter_dir(ws)
+            if adapter is None:
+                raise gr.Error("No finished fine-tune in this session; choose 'none' or upload an adapter.")
+        elif adapter_choice == "uploaded":
+            adapter = ws.root / "uploaded_adapter"
+            if not adapter.is_dir():
+                raise gr.Error("Upload an adapter zip first (Fine-tune tab).")
+        job_id = self.backend.start(self._spec(ws, "predict", image_size=int(image_size), orientation=orientation,
+                                               adapter=str(adapter) if adapter else None))
+        ws.remember_job("predict", job_id)
+        return "Segmentation queued…"
+
+    def _status(self, ws: Workspace, kind: str) -> JobStatus | None:
+        job_id = ws.job(kind)
+        if job_id is None:
+            return None
+        try:
+            return self.backend.status(job_id)
+        except KeyError:
+            return None  # the server restarted: the job is gone
+
+    def _adapter_dir(self, ws: Workspace) -> Path | None:
+        status = self._status(ws, "train")
+        return Path(status.files["adapter"]) if status and status.state == "done" else None
+
+    def cancel(self, kind: str, token: str) -> str:
+        ws = self._ws(token)
+        job_id = ws.job(kind)
+        if job_id is not None:
+            self.backend.cancel(job_id)
+        return "Cancelling…"
+
+    def training_view(self, token: str):
+        """Progress line, loss curve, per-structure validation against zero-shot, adapter file."""
+        status = self._status(self._ws(token), "train")
+        if status is None:
+            return "No fine-tune yet.", None, None, None
+        steps = [e for e in status.events if e["type"] == "step"]
+        loss = {"step": [e["step"] for e in steps], "loss": [e["loss"] for e in steps]}
+        epochs = [e for e in status.events if e["type"] == "epoch"]
+        rows = [{"epoch": e["epoch"], "structure": name, "IoU": iou}
+                for e in epochs for name, iou in (e.get("validation_iou") or {}).items()]
+        table = [[r["epoch"], r["structure"], round(r["IoU"], 4)] for r in rows]
+        line = f"{status.state}: {status.message}" + (f" — {status.error}" if status.error else "")
+        adapter = status.files.get("adapter_zip") if status.state == "done" else None
+        return line, {"step": loss["step"], "loss": loss["loss"]} if steps else None, table or None, adapter
+
+    def prediction_view(self, token: str):
+        """Progress line and the overlays, worst quality first."""
+        ws = self._ws(token)
+        status = self._status(ws, "predict")
+        if status is None:
+            return "No segmentation yet.", []
+        line = f"{status.state}: {status.message}" + (f" — {status.error}" if status.error else "")
+        if status.state != "done":
+            return line, []
+        return line, [(str(path), caption) for path, caption, _ in self._ranked(status)]
+
+    def _ranked(self, status: JobStatus) -> list[tuple[Path, str, str]]:
+        """(overlay, caption, image file) sorted by the quality score, lowest first."""
+        report = json.loads(Path(status.files["report"]).read_text())
+        overlays = Path(status.files["overlays"])
+        items = []
+        for entry in report["images"]:
+            if entry["status"] != "ok":
+                continue
+            scores = [_quality(s) for s in entry["structures"].values()]
+            quality = min(scores) if scores else 0.0
+            flags = sorted({f for s in entry["structures"].values() for f in s.get("flags", [])})
+            path = overlays / f"{Path(entry['file']).stem}.jpg"
             if path.is_file():
-                bundle.write(path, path.relative_to(out))
-    return archive
+                items.append((quality, path, f"{entry['file']} · QC {quality:.2f}" + (f" · {', '.join(flags)}" if flags else ""),
+                              entry["file"]))
+        return [(p, c, f) for _, p, c, f in sorted(items, key=lambda item: item[0])]
+
+    # --- corrections ------------------------------------------------------------------------
+
+    def open_correction(self, token: str, structure: str | None, evt: gr.SelectData):
+        ws = self._ws(token)
+        status = self._status(ws, "predict")
+        if status is None or status.state != "done":
+            raise gr.Error("Run a segmentation first.")
+        ranked = self._ranked(status)
+        file_name = ranked[evt.index][2]
+        return file_name, *self._correction_editor(ws, status, file_name, structure)
+
+    def _correction_editor(self, ws: Workspace, status: JobStatus, file_name: str, structure: str | None):
+        structure = structure or ws.structures[0]
+        image = load_image(ws.specimen_dir() / file_name)
+        mask = _predicted_mask(status, file_name, structure, image.shape[:2])
+        background = editor_image(tinted(image, mask, ws.structures.index(structure)))
+        value = {"background": background, "layers": [], "composite": background}
+        editor = gr.ImageEditor(value=value, layers=gr.LayerOptions(layers=["add", "remove"], allow_additional_layers=False),
+                                brush=gr.Brush(colors=["#00c000", "#e00000"], color_mode="fixed"))
+        return editor, gr.Dropdown(choices=ws.structures, value=structure)
+
+    def change_correction_structure(self, file_name: str | None, structure: str | None, token: str):
+        ws = self._ws(token)
+        status = self._status(ws, "predict")
+        if not file_name or status is None:
+            return gr.skip(), gr.skip()
+        return self._correction_editor(ws, status, file_name, structure)
+
+    def apply_correction(self, value: dict | None, file_name: str | None, structure: str | None, to_templates: bool, token: str):
+        """Write the corrected mask into the results (PNG and COCO) and, if asked, into the templates."""
+        ws = self._ws(token)
+        status = self._status(ws, "predict")
+        if not file_name or not structure or status is None:
+            raise gr.Error("Open a specimen from the gallery first.")
+        image = load_image(ws.specimen_dir() / file_name)
+        predicted = _predicted_mask(status, file_name, structure, image.shape[:2])
+        try:
+            mask = corrected(predicted, value)
+        except SamPalError as exc:
+            raise _error(exc) from exc
+        _write_mask(status, file_name, structure, ws.structures, mask)
+        note = f"{file_name}: {structure} corrected ({int(mask.sum())} px)."
+        if to_templates:
+            shutil.copy(ws.specimen_dir() / file_name, ws.root / "templates" / file_name)
+            for name in ws.structures:
+                ws.set_mask(file_name, name, mask if name == structure else _predicted_mask(status, file_name, name, image.shape[:2]))
+            note += " Added to the templates for the next round."
+        return note, *self._correction_editor(ws, status, file_name, structure)
+
+    # --- export -----------------------------------------------------------------------------
+
+    def export(self, token: str):
+        from pycocotools.coco import COCO
+
+        ws = self._ws(token)
+        status = self._status(ws, "predict")
+        if status is None or status.state != "done":
+            raise gr.Error("Run a segmentation first.")
+        predictions = Path(status.files["predictions"])
+        coco = COCO(str(predictions))  # refuse to offer a file other tools could not read
+        for annotation in coco.loadAnns(coco.getAnnIds()):
+            coco.annToMask(annotation)
+        out = predictions.parent
+        archive = out.parent / "sam2pal_results.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
+            for path in sorted(out.rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    bundle.write(path, path.relative_to(out))
+        return str(predictions), str(archive)
+
+    def upload_adapter(self, archive: str | None, token: str) -> str:
+        if not archive:
+            return "No adapter uploaded."
+        target = self._ws(token).root / "uploaded_adapter"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                for member in bundle.infolist():
+                    name = Path(member.filename).name
+                    if name in ("adapter_model.safetensors", "adapter_config.json"):
+                        (target / name).write_bytes(bundle.read(member))
+        except zipfile.BadZipFile as exc:
+            raise gr.Error(f"{Path(archive).name} is not a zip file: upload the adapter.zip a fine-tune produced") from exc
+        if not (target / "adapter_config.json").is_file():
+            raise gr.Error(f"{Path(archive).name} holds no adapter_config.json: upload the adapter.zip a fine-tune produced")
+        return "Adapter uploaded; choose 'uploaded' when segmenting."
 
 
-def segment(config: AppConfig, template_json: str | None, template_images: list[str] | None,
-            specimens: list[str] | None):
-    """Run one prediction job; return overlays, the COCO file, a zip and a status line."""
-    if not template_json:
-        raise gr.Error("Upload a COCO template file (its categories are the structures).")
-    if not template_images or not specimens:
-        raise gr.Error("Upload the template image(s) and at least one specimen photo.")
-    work = Path(tempfile.mkdtemp(prefix="sam2pal_job_"))
-    templates = _copy([template_json], work / "templates")[0]
-    _copy(template_images, work / "templates")
-    _copy(specimens, work / "specimens")
-    out = work / "out"
-    command = [sys.executable, "-m", "sam2pal.cli", "predict", "--templates", str(templates),
-               "--images", str(work / "specimens"), "--out", str(out), "--model", config.model,
-               "--image-size", str(config.image_size), "--device", config.device,
-               "--batch-size", str(config.batch_size), "--quiet"]
-    result = subprocess.run(command, capture_output=True, text=True)
-    messages = [line.removeprefix("error: ") for line in result.stderr.splitlines()
-                if line.startswith(("error: ", "failed: "))]
-    if result.returncode == 2 or not (out / "predictions.json").is_file():
-        raise gr.Error(messages[-1] if messages else f"prediction failed (exit {result.returncode})")
-    overlays = sorted(str(p) for p in (out / "overlays").iterdir())
-    status = f"{len(overlays)} specimens segmented" + (f"; {len(messages)} failed: " + "; ".join(messages) if messages else "")
-    return overlays, str(out / "predictions.json"), str(_zip(out)), status
+def _quality(structure: dict) -> float:
+    """The number a reviewer sorts by: the round-trip IoU where there is one, else the score."""
+    qc = structure.get("qc") or {}
+    value = qc.get("round_trip_iou", structure.get("round_trip_iou"))
+    if value is None:
+        value = structure.get("score")
+    return float(value) if value is not None else 0.0
 
 
-def build_app(config: AppConfig) -> gr.Blocks:
+def _mask_file(status: JobStatus, file_name: str, structure: str) -> Path:
+    return Path(status.files["masks"]) / f"{Path(file_name).stem}__{structure}.png"
+
+
+def _predicted_mask(status: JobStatus, file_name: str, structure: str, shape: tuple[int, int]) -> np.ndarray:
+    path = _mask_file(status, file_name, structure)
+    return np.asarray(Image.open(path)) > 0 if path.is_file() else np.zeros(shape, dtype=bool)
+
+
+def _write_mask(status: JobStatus, file_name: str, structure: str, structures: list[str], mask: np.ndarray) -> None:
+    """Replace one structure's mask of one image in the mask PNG and in predictions.json."""
+    atomic_save_image(_mask_file(status, file_name, structure), Image.fromarray(mask.astype(np.uint8) * 255))
+    path = Path(status.files["predictions"])
+    coco = json.loads(path.read_text())
+    image = next(i for i in coco["images"] if i["file_name"] == file_name)
+    category = next(c["id"] for c in coco["categories"] if c["name"] == structure)
+    kept = [a for a in coco["annotations"] if not (a["image_id"] == image["id"] and a["category_id"] == category)]
+    if mask.any():
+        kept.append({"id": max((a["id"] for a in coco["annotations"]), default=0) + 1, "image_id": image["id"],
+                     "category_id": category, "segmentation": encode_rle(mask), "area": mask_area(mask),
+                     "bbox": mask_bbox(mask), "iscrowd": 0, "corrected": True})
+    coco["annotations"] = kept
+    atomic_write_json(path, coco)
+
+
+def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Workspaces | None = None) -> gr.Blocks:
+    if backend is None:
+        from backends.local import LocalBackend
+
+        backend = LocalBackend()
+    ui = SamPalApp(config, backend, workspaces)
     with gr.Blocks(title="sam2pal", delete_cache=(3600, 3600)) as app:
-        gr.Markdown("# sam2pal\nSegment the structures of your template specimens on a whole collection.")
-        with gr.Row():
-            template_json = gr.File(label="Template COCO file", file_types=[".json"])
-            template_images = gr.File(label="Template image(s)", file_count="multiple", file_types=["image"])
-            specimens = gr.File(label="Specimen photos", file_count="multiple", file_types=["image"])
-        run = gr.Button("Segment collection", variant="primary")
-        status = gr.Textbox(label="Status", interactive=False)
-        gallery = gr.Gallery(label="Overlays", columns=4)
-        with gr.Row():
-            coco = gr.File(label="predictions.json (COCO)")
-            bundle = gr.File(label="All results (zip)")
-        run.click(
-            lambda *inputs: segment(config, *inputs),
-            inputs=[template_json, template_images, specimens],
-            outputs=[gallery, coco, bundle, status],
-            api_name="predict",
-            concurrency_limit=1,
-        )
+        token = gr.BrowserState(None, storage_key="sam2pal_session")
+        gr.Markdown("# sam2pal\nAnnotate a few template specimens, segment the same structures on the whole "
+                    f"collection, review, download COCO. Model: `{config.model}` · jobs: {backend.describe()}")
+        with gr.Tab("1. Templates"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    template_files = gr.File(label="Template images", file_count="multiple", file_types=["image"])
+                    structures = gr.Textbox(label="Structures (one per line)", lines=4, placeholder="scape\neye\nwing")
+                    apply = gr.Button("Apply structures")
+                    with gr.Accordion("Import a COCO template file", open=False):
+                        coco_file = gr.File(label="COCO JSON", file_types=[".json"])
+                        coco_images = gr.File(label="Its images", file_count="multiple", file_types=["image"])
+                        import_button = gr.Button("Import")
+                    template_choice = gr.Dropdown(label="Template in the editor", choices=[])
+                with gr.Column(scale=3):
+                    editor = gr.ImageEditor(label="Draw each structure on its own layer", type="numpy", image_mode="RGBA",
+                                            format="png", transforms=(), elem_id="editor",
+                                            layers=gr.LayerOptions(layers=["structure"], allow_additional_layers=False))
+                    with gr.Row():
+                        save = gr.Button("Save masks", variant="primary", elem_id="save-masks")
+                        clear_structure = gr.Radio(label="Structure", choices=[])
+                        clear = gr.Button("Clear this structure's mask")
+            template_note = gr.Markdown()
+            review = gr.Gallery(label="Review: each structure's mask as the server received it", columns=4, elem_id="review")
+            template_preview = gr.Image(visible=False)
+            download_templates = gr.DownloadButton("Download template set (COCO)")
+        with gr.Tab("2. Fine-tune (optional)"):
+            specimen_files_t = gr.File(label="Specimen photos (or a zip)", file_count="multiple")
+            specimen_note_t = gr.Markdown()
+            with gr.Row():
+                epochs = gr.Number(label="Epochs", value=5, precision=0, minimum=1)
+                mode = gr.Radio(label="Mode", choices=["lora", "decoder", "full"], value="lora")
+                lr = gr.Number(label="Learning rate (empty: default for the mode)", value=None)
+                train_size = gr.Dropdown(label="Image size", choices=["256", "512", "768", "1024"], value=str(config.image_size))
+            with gr.Row():
+                start_train = gr.Button("Start fine-tuning", variant="primary")
+                cancel_train = gr.Button("Cancel")
+            train_status = gr.Textbox(label="Status", interactive=False)
+            loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss")
+            validation = gr.Dataframe(headers=["epoch", "structure", "IoU"], label="Validation IoU (epoch 0 = zero-shot)")
+            adapter_file = gr.File(label="Adapter (download)")
+            adapter_upload = gr.File(label="Upload an adapter zip from an earlier fine-tune", file_types=[".zip"])
+            adapter_note = gr.Markdown()
+        with gr.Tab("3. Segment the collection"):
+            specimen_files = gr.File(label="Specimen photos (or a zip)", file_count="multiple", elem_id="specimens")
+            specimen_note = gr.Markdown()
+            with gr.Row():
+                adapter_choice = gr.Radio(label="Adapter", choices=["none", "fine-tuned here", "uploaded"], value="none")
+                orientation = gr.Dropdown(label="Orientation search", choices=["none", "rot4", "rot4flip"], value="none")
+                predict_size = gr.Dropdown(label="Image size", choices=["256", "512", "768", "1024"], value=str(config.image_size))
+                clear_specimens = gr.Button("Remove all specimens")
+            with gr.Row():
+                start_predict = gr.Button("Segment collection", variant="primary", elem_id="segment")
+                cancel_predict = gr.Button("Cancel")
+            predict_status = gr.Textbox(label="Status", interactive=False, elem_id="predict-status")
+            gallery = gr.Gallery(label="Results, worst quality first (click one to correct it)", columns=4, elem_id="results")
+            with gr.Accordion("Correct a structure", open=True):
+                corrected_file = gr.Textbox(label="Specimen", interactive=False)
+                correction_structure = gr.Dropdown(label="Structure", choices=[])
+                correction_editor = gr.ImageEditor(label="Paint on 'add' or 'remove'", type="numpy", image_mode="RGBA",
+                                                   format="png", transforms=(),
+                                                   layers=gr.LayerOptions(layers=["add", "remove"], allow_additional_layers=False))
+                add_to_templates = gr.Checkbox(label="Also add this specimen to the templates for the next round")
+                apply_correction = gr.Button("Apply correction")
+                correction_note = gr.Markdown()
+        with gr.Tab("4. Export"):
+            export = gr.Button("Prepare downloads", variant="primary", elem_id="export")
+            coco_out = gr.File(label="predictions.json (COCO, checked with pycocotools)", elem_id="coco-out")
+            zip_out = gr.File(label="Everything (masks, overlays, report, COCO)")
+        timer = gr.Timer(1.0)
+
+        app.load(ui.attach, inputs=[token], outputs=[token, structures, template_choice, editor, specimen_note],
+                 api_visibility="private")
+        template_files.upload(ui.upload_templates, [template_files, token], [template_choice], api_visibility="private")
+        apply.click(ui.apply_structures, [structures, token], [editor, clear_structure], api_visibility="private").then(
+            ui.show_template, [template_choice, token], [editor, review, template_preview], api_visibility="private")
+        import_button.click(ui.import_coco, [coco_file, coco_images, token],
+                            [structures, template_choice, editor, template_note], api_visibility="private").then(
+            ui.show_template, [template_choice, token], [editor, review, template_preview], api_visibility="private")
+        template_choice.change(ui.show_template, [template_choice, token], [editor, review, template_preview],
+                               api_visibility="private")
+        save.click(ui.save_masks, [editor, template_choice, token], [review, template_note], api_visibility="private")
+        clear.click(ui.clear_mask, [template_choice, clear_structure, token], [editor, review, template_preview],
+                    api_visibility="private")
+        download_templates.click(ui.download_templates, [token], [download_templates], api_visibility="private")
+        for files, note in ((specimen_files, specimen_note), (specimen_files_t, specimen_note_t)):
+            files.upload(ui.upload_specimens, [files, token], [note], api_visibility="private")
+        clear_specimens.click(ui.clear_specimens, [token], [specimen_note], api_visibility="private")
+        start_train.click(ui.start_training, [epochs, mode, lr, train_size, token], [train_status], api_visibility="private")
+        cancel_train.click(lambda t: ui.cancel("train", t), [token], [train_status], api_visibility="private")
+        adapter_upload.upload(ui.upload_adapter, [adapter_upload, token], [adapter_note], api_visibility="private")
+        start_predict.click(ui.start_prediction, [adapter_choice, orientation, predict_size, token], [predict_status],
+                            api_visibility="private")
+        cancel_predict.click(lambda t: ui.cancel("predict", t), [token], [predict_status], api_visibility="private")
+        timer.tick(ui.training_view, [token], [train_status, loss_plot, validation, adapter_file],
+                   api_visibility="private", show_progress="hidden")
+        timer.tick(ui.prediction_view, [token], [predict_status, gallery], api_visibility="private", show_progress="hidden")
+        gallery.select(ui.open_correction, [token, correction_structure],
+                       [corrected_file, correction_editor, correction_structure], api_visibility="private")
+        correction_structure.input(ui.change_correction_structure, [corrected_file, correction_structure, token],
+                                   [correction_editor, correction_structure], api_visibility="private")
+        apply_correction.click(ui.apply_correction,
+                               [correction_editor, corrected_file, correction_structure, add_to_templates, token],
+                               [correction_note, correction_editor, correction_structure], api_visibility="private")
+        export.click(ui.export, [token], [coco_out, zip_out], api_visibility="private")
+        register_api(ui)
     return app
