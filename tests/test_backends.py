@@ -102,3 +102,75 @@ def test_apply_event_tracks_progress():
     assert status.progress == 0.25 and "3/12" in status.message
     apply_event(status, {"type": "progress", "done": 1, "total": 4})
     assert status.progress == 0.25 and status.message == "1/4 images"
+
+
+def test_remote_backend_runs_a_job_on_another_server(collection, tmp_path):
+    from backends.remote import RemoteBackend
+    from sam2pal.ui.app import AppConfig, build_app
+    from sam2pal.ui.workspace import Workspaces
+
+    server_backend = LocalBackend()
+    workspaces = Workspaces(tmp_path / "server")
+    server = build_app(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), server_backend, workspaces)
+    server.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                          allowed_paths=[str(workspaces.root)])
+    try:
+        remote = RemoteBackend(server.local_url)
+        job_id = remote.start(_spec(collection, tmp_path / "client"))
+        status = _wait(remote, job_id)
+        assert status.state == "done", status.error
+        report = json.loads(open(status.files["report"]).read())
+        assert report["n_ok"] == 3
+        assert str(tmp_path / "client") in status.files["predictions"]  # downloaded next to the spec
+        assert len(list((tmp_path / "client" / "predict" / "out" / "masks").iterdir())) == 9
+    finally:
+        server.close()
+        server_backend.close()
+
+
+def test_remote_backend_needs_an_address():
+    from backends.remote import RemoteBackend
+
+    with pytest.raises(ValueError, match="--remote-url"):
+        RemoteBackend(None)
+
+
+@pytest.fixture
+def fake_spaces(monkeypatch):
+    """Stands in for the `spaces` package only; it records the duration asked for."""
+    import sys
+    import types
+
+    asked = []
+    module = types.ModuleType("spaces")
+    module.GPU = lambda duration: (asked.append(duration), lambda fn: fn)[1]
+    monkeypatch.setitem(sys.modules, "spaces", module)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    return asked
+
+
+def test_zerogpu_backend_is_only_for_zerogpu_spaces(monkeypatch):
+    from backends.zerogpu import ZeroGPUBackend
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    with pytest.raises(ValueError, match="SPACES_ZERO_GPU"):
+        ZeroGPUBackend()
+
+
+def test_zerogpu_refuses_a_long_fine_tune_and_says_why(fake_spaces, collection, tmp_path):
+    from backends.zerogpu import ZeroGPUBackend
+
+    backend = ZeroGPUBackend()
+    status = backend.status(backend.start(_spec(collection, tmp_path, kind="train", train={"epochs": 500})))
+    assert status.state == "failed" and "more than one ZeroGPU call allows" in status.error
+    assert fake_spaces == []
+
+
+def test_zerogpu_runs_a_prediction_with_an_explicit_duration(fake_spaces, collection, tmp_path):
+    from backends.zerogpu import ZeroGPUBackend, ZeroGPULimits
+
+    backend = ZeroGPUBackend()
+    status = _wait(backend, backend.start(_spec(collection, tmp_path)))
+    assert status.state == "done", status.error
+    limits = ZeroGPULimits()
+    assert fake_spaces == [int(limits.startup_seconds + 3 * limits.seconds_per_image + 0.999)]

@@ -178,9 +178,10 @@ class SamPalApp:
             raise _error(exc) from exc
         if not ws.specimens():
             raise gr.Error("Upload specimen photos first.")
+        extra.setdefault("batch_size", self.config.batch_size)
         return JobSpec(kind=kind, workdir=str(ws.job_dir()), templates=str(templates), images=str(ws.specimen_dir()),
                        template_images=str(templates.parent), model=self.config.model, device=self.config.device,
-                       batch_size=self.config.batch_size, **extra)
+                       **extra)
 
     def start_training(self, epochs: float, mode: str, lr: float | None, image_size: str, token: str) -> str:
         ws = self._ws(token)
