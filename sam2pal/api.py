@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -18,29 +19,13 @@ from sam2pal import __version__
 from sam2pal.engine.propagate import Propagator, predict_collection
 from sam2pal.engine.trainer import Trainer, TrainConfig, TrainResult
 from sam2pal.errors import SamPalError
-from sam2pal.io.images import DEFAULT_MAX_PIXELS, list_images
-from sam2pal.io.outputs import PredictionWriter
-from sam2pal.io.templates import TemplateSet, load_coco_templates, load_mask_templates
-from sam2pal.model.adapters import load_adapter, load_weights, read_adapter_config
+from sam2pal.io.images import DEFAULT_MAX_PIXELS, list_images, scan_images
+from sam2pal.io.outputs import OutputOptions, PredictionWriter
+from sam2pal.io.templates import TemplateSet, load_templates
+from sam2pal.model.adapters import WEIGHTS_NAME, load_adapter, load_weights, read_adapter_config
 from sam2pal.model.build import LoadedModel, load_model
 
 __all__ = ["load_model", "load_templates", "load_adapter", "finetune", "predict", "TrainConfig"]
-
-
-def load_templates(
-    coco_json: str | Path | None = None,
-    template_images: str | Path | None = None,
-    image: str | Path | None = None,
-    masks: dict[str, str | Path] | None = None,
-) -> TemplateSet:
-    """Templates from a COCO file, or from one image plus one mask PNG per structure."""
-    if coco_json is not None:
-        if image is not None or masks:
-            raise SamPalError("give either --templates T.json or --template-image with --mask NAME=PATH, not both")
-        return load_coco_templates(coco_json, template_images)
-    if image is not None and masks:
-        return load_mask_templates(image, masks)
-    raise SamPalError("no templates: pass --templates T.json, or --template-image IMG with --mask NAME=PATH per structure")
 
 
 def merge_templates(first: TemplateSet, second: TemplateSet) -> TemplateSet:
@@ -75,11 +60,23 @@ def finetune(
     return result
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def provenance(model: LoadedModel, templates: TemplateSet, **params) -> dict:
     """What a result file must say about how it was made, so it can be reproduced or questioned."""
     adapter = None
     if model.adapter_dir is not None:
-        adapter = {"path": str(model.adapter_dir), **asdict(read_adapter_config(model.adapter_dir))}
+        adapter = {
+            "path": str(model.adapter_dir),
+            "sha256": _sha256(Path(model.adapter_dir) / WEIGHTS_NAME),
+            **asdict(read_adapter_config(model.adapter_dir)),
+        }
     return {
         "description": "sam2pal predictions",
         "version": __version__,
@@ -88,11 +85,31 @@ def provenance(model: LoadedModel, templates: TemplateSet, **params) -> dict:
         "model_variant": model.variant,
         "untrained_model": model.untrained,
         "checkpoint_sha256": model.checkpoint_sha256,
+        "model_fingerprint": model.fingerprint,
         "adapter": adapter,
         "templates": [t.name for t in templates.templates],
+        "templates_sha256": templates.fingerprint(),
         "structures": list(templates.structures),
         "parameters": {"image_size": model.image_size, "device": str(model.device), **params},
     }
+
+
+# Settings that change how a run goes or what it writes, but not a mask: a run into the same OUT
+# may differ in these and still complete the earlier one.
+_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images"})
+
+
+def _result_identity(info: dict) -> dict:
+    """The part of the provenance that two runs must share for their results to be merged."""
+    identity = {
+        key: value
+        for key, value in info.items()
+        if key not in ("description", "version", "year", "parameters")
+    }
+    if identity["adapter"] is not None:
+        identity["adapter"] = {key: value for key, value in identity["adapter"].items() if key != "path"}
+    identity["parameters"] = {key: value for key, value in info["parameters"].items() if key not in _NOT_IN_MASKS}
+    return identity
 
 
 def predict(
@@ -104,15 +121,33 @@ def predict(
     batch_size: int = 4,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
+    options: OutputOptions | None = None,
 ) -> dict:
-    """Propagate every structure to every image; write OUT (COCO, masks, overlays, report)."""
+    """Propagate every structure to every image; write OUT (COCO, masks, overlays, report).
+
+    An earlier run into out_dir is completed, not repeated: images it segmented are kept as they
+    are (unless options.overwrite). Files in the folder that are not images are listed in the
+    report as skipped.
+    """
     if batch_size < 1:
         raise SamPalError(f"--batch-size {batch_size} must be at least 1")
-    paths = _paths(images)
+    if max_pixels < 1:
+        raise SamPalError(f"--max-pixels {max_pixels} must be at least 1")
+    options = options or OutputOptions()
+    params: dict = {"batch_size": batch_size, "max_pixels": max_pixels, "polygons": options.polygons}
+    if isinstance(images, list):
+        paths, skipped = [Path(p) for p in images], []
+    else:
+        folder = scan_images(images)
+        paths, skipped = folder.require_images(), folder.skipped
+        params["images"] = str(images)
     if adapter is not None:
         load_adapter(model, adapter)
-    info = provenance(model, templates, batch_size=batch_size)
-    writer = PredictionWriter(out_dir, list(templates.structures), info)
-    propagator = Propagator(model, templates)
-    predict_collection(propagator, paths, writer, batch_size, max_pixels, progress)
+    info = provenance(model, templates, **params)
+    writer = PredictionWriter(out_dir, list(templates.structures), info, _result_identity(info), options)
+    for entry in skipped:
+        writer.add_note(entry.path, entry.reason)
+    todo = [path for path in paths if not writer.is_done(path)]
+    if todo:
+        predict_collection(Propagator(model, templates), todo, writer, batch_size, max_pixels, progress)
     return writer.close()

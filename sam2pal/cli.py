@@ -1,4 +1,4 @@
-"""`sam2pal train | predict | run | bench`: the library from a shell.
+"""`sam2pal check | train | predict | run | evaluate | bench`: the library from a shell.
 
 Exit status: 0 when every specimen succeeded, 1 when some failed (the rest is written and the
 failures are in report.json), 2 for invalid arguments or input a user must fix first.
@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from sam2pal.errors import SamPalError
+from sam2pal.io.images import DEFAULT_MAX_PIXELS
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -49,6 +50,12 @@ def _template_args(parser: argparse.ArgumentParser, legacy: bool = False) -> Non
                        help="a structure's mask PNG for --template-image (repeat per structure)")
 
 
+def _image_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                        help=f"largest image read, in pixels (default {DEFAULT_MAX_PIXELS:,}); larger ones are "
+                        "refused, not resized. The model always sees a resized copy; masks come back at full size")
+
+
 def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group = parser.add_argument_group("fine-tuning")
     group.add_argument(*_names("--epochs", "--num_epochs", legacy), dest="epochs", type=int, default=5)
@@ -66,15 +73,27 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
 def _predict_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("prediction")
     group.add_argument("--batch-size", type=int, default=4, help="specimens per encoder batch")
+    group.add_argument("--polygons", action="store_true", help="COCO polygons instead of compressed RLE, for tools "
+                       "that only read polygons (every part kept; holes cannot be polygons and are filled)")
+    group.add_argument("--zip", action="store_true", help="also bundle predictions.json, masks, overlays and "
+                       "report.json into OUT/results.zip")
+    group.add_argument("--overwrite", action="store_true", help="replace results already in OUT (default: "
+                       "keep them and segment only the images not done yet)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sam2pal", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
+    check = commands.add_parser("check", help="check templates and an image folder before training or predicting")
+    _template_args(check)
+    check.add_argument("--images", type=Path, help="folder of specimen images to check")
+    _image_args(check)
+
     predict = commands.add_parser("predict", help="propagate the template structures to a folder of specimens")
     _template_args(predict)
     predict.add_argument("--images", type=Path, required=True, help="folder of specimen images")
+    _image_args(predict)
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--adapter", type=Path, help="adapter folder from `sam2pal train`")
     _predict_args(predict)
@@ -83,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="palindrome fine-tuning on templates plus unlabeled specimens")
     _template_args(train)
     train.add_argument("--images", type=Path, required=True, help="folder of unlabeled specimen images")
+    _image_args(train)
     train.add_argument("--out", type=Path, required=True, help="adapter folder to write")
     train.add_argument("--resume", type=Path, help="continue an adapter folder written by train")
     _train_args(train)
@@ -92,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     _template_args(run, legacy=True)
     run.add_argument("--images", "--image_dir", dest="images", type=Path, required=True)
     run.add_argument("--out", "--output_dir", dest="out", type=Path, required=True)
+    _image_args(run)
     run.add_argument("--finetune", "--pal_finetuning", dest="finetune", action="store_true",
                      help="fine-tune first (adapter written to OUT/adapter)")
     _train_args(run, legacy=True)
@@ -107,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     for flag in ("--interleave_template", "--cycle_consistency", "--save_vis"):
         legacy.add_argument(flag, action="store_true", help="accepted; sam2pal always does the equivalent")
     legacy.add_argument("--chunk_size", type=int, help="accepted; see --batch-size")
+
+    evaluate = commands.add_parser("evaluate", help="IoU, Dice and boundary F1 of predictions against ground truth")
+    evaluate.add_argument("--gt", type=Path, required=True, help="COCO file of the ground truth")
+    evaluate.add_argument("--pred", type=Path, required=True, help="COCO file of the predictions (predictions.json)")
+    evaluate.add_argument("--boundary-tol", type=float, default=2.0, metavar="PX",
+                          help="boundary F1 counts a boundary pixel as matched within this many pixels (default 2)")
+    evaluate.add_argument("--out", type=Path, help="write metrics.csv, metrics.json and metrics.png here")
 
     bench = commands.add_parser("bench", help="print training and prediction speed on this machine")
     bench.add_argument("--model", default="random:tiny")
@@ -128,11 +156,18 @@ def _templates(args: argparse.Namespace):
         image = None
     if getattr(args, "template_mask", None) is not None:
         masks[args.category_name] = args.template_mask
-    templates = load_templates(coco, args.template_images, image, masks)
+    templates = load_templates(coco, args.template_images, image, masks, args.max_pixels)
+    _warn(templates.warnings)
     if getattr(args, "training_json", None) is not None:
-        extra = load_templates(args.training_json, args.training_images_dir)
+        extra = load_templates(args.training_json, args.training_images_dir, max_pixels=args.max_pixels)
+        _warn(extra.warnings)
         templates = merge_templates(templates, extra)
     return templates
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def _load_model(args: argparse.Namespace):
@@ -162,6 +197,7 @@ def _train_config(args: argparse.Namespace):
 
 def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path | None = None):
     from sam2pal.api import finetune
+    from sam2pal.io.images import list_images, within_pixel_cap
 
     config = _train_config(args)
     bar = None if args.quiet else tqdm(desc="fine-tuning", unit="step", file=sys.stderr)
@@ -180,7 +216,9 @@ def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path |
     if len(templates.templates) < 2 and not args.quiet:
         print("one template: nothing to validate on, so the last epoch is kept "
               "(annotate a second template to let validation choose)", file=sys.stderr)
-    result = finetune(model, templates, args.images, out, config, resume, progress)
+    specimens, refused = within_pixel_cap(list_images(args.images), args.max_pixels)
+    _warn(refused)
+    result = finetune(model, templates, specimens, out, config, resume, progress)
     if bar is not None:
         bar.close()
     if result.validated and not args.quiet:
@@ -192,6 +230,7 @@ def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path |
 
 def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -> int:
     from sam2pal.api import predict
+    from sam2pal.io.outputs import OutputOptions
 
     bar = None if args.quiet else tqdm(desc="predicting", unit="image", file=sys.stderr)
 
@@ -201,15 +240,69 @@ def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -
             bar.n = done
             bar.refresh()
 
-    report = predict(model, templates, args.images, args.out, adapter, args.batch_size, progress=progress)
+    options = OutputOptions(polygons=args.polygons, zip=args.zip, overwrite=args.overwrite)
+    report = predict(model, templates, args.images, args.out, adapter, args.batch_size, args.max_pixels,
+                     progress, options)
     if bar is not None:
         bar.close()
     for item in report["images"]:
-        if item["status"] != "ok":
+        if item["status"] == "failed":
             print(f"failed: {item['error']}", file=sys.stderr)
+        elif item["status"] == "skipped":
+            print(f"note: skipped {item['file']}: {item['reason']}", file=sys.stderr)
     if not args.quiet:
-        print(f"{report['n_ok']} images segmented, {report['n_failed']} failed; results in {args.out}", file=sys.stderr)
+        earlier = report["n_from_earlier_runs"]
+        kept = f" ({earlier} kept from an earlier run)" if earlier else ""
+        print(f"{report['n_ok']} images segmented{kept}, {report['n_failed']} failed, "
+              f"{report['n_skipped']} files skipped; results in {args.out}", file=sys.stderr)
     return EXIT_SOME_FAILED if report["n_failed"] else EXIT_OK
+
+
+def _check(args: argparse.Namespace) -> int:
+    from sam2pal.check import check_inputs
+
+    bar = tqdm(desc="reading images", unit="image", file=sys.stderr, disable=None)  # a terminal only
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    report = check_inputs(args.templates, args.template_images, args.template_image, dict(args.mask) or None,
+                          args.images, args.max_pixels, progress)
+    bar.close()
+    if report.templates:
+        print(f"templates: {len(report.templates)}, structures: {', '.join(report.structures)}")
+    for template in report.templates:
+        parts = [f"{name} {area:,} px" for name, area in template.areas.items()]
+        parts += [f"{name} absent" for name in template.absent]
+        parts += [f"{name} not annotated" for name in template.not_annotated]
+        print(f"  {template.name} ({template.width}x{template.height}): {', '.join(parts)}")
+    if report.images_folder is not None:
+        print(f"images in {report.images_folder}: {len(report.images)} readable, {len(report.unreadable)} "
+              f"unreadable, {len(report.skipped)} other files skipped")
+    for note in report.unreadable:
+        print(f"  unreadable: {note.message}")
+    for note in report.skipped:
+        print(f"  skipped {note.file}: {note.message}")
+    _warn(report.warnings)
+    for problem in report.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    print("usable: yes" if report.usable else f"usable: no (problems: {len(report.problems)})")
+    return EXIT_OK if report.usable else EXIT_INVALID
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from sam2pal.evaluate import evaluate, summary_lines, write_evaluation
+
+    evaluation = evaluate(args.gt, args.pred, args.boundary_tol)
+    for note in evaluation.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print("\n".join(summary_lines(evaluation)))
+    if args.out is not None:
+        for path in write_evaluation(evaluation, args.out):
+            print(f"wrote {path}")
+    return EXIT_OK
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -218,6 +311,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         run_bench(args.model, args.image_size, args.device, args.specimens, args.steps)
         return EXIT_OK
+    if args.command == "check":
+        return _check(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     templates = _templates(args)
     model = _load_model(args)
     if args.command == "train":

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -183,3 +184,115 @@ def test_no_network_names_the_hub_id_and_model_path(collection, tmp_path):
     assert "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "facebook/sam2.1-hiera-tiny" in line and "--model PATH" in line
+
+
+def _specimen(seed: int) -> np.ndarray:
+    return draw_specimen(160, 120, 3, seed=seed)[0]
+
+
+def test_mixed_folder_gives_upright_masks_an_error_and_a_note(collection, tmp_path, capsys):
+    """What a user's folder looks like: EXIF-rotated JPEG, RGBA PNG, 16-bit TIFF, CMYK JPEG,
+    a truncated download and a text file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    exif = Image.Exif()
+    exif[274] = 6  # EXIF orientation: turn 90° clockwise to view
+    Image.fromarray(np.rot90(_specimen(1)).copy()).save(folder / "rotated.jpg", exif=exif.tobytes())
+    rgba = np.dstack([_specimen(2)[:100, :140], np.full((100, 140), 255, np.uint8)])
+    rgba[:10, :10, 3] = 0
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    Image.fromarray((_specimen(3)[:90, :120, 0].astype(np.uint16) * 200)).save(folder / "scan.tif")
+    Image.fromarray(_specimen(4)[:80, :100]).convert("CMYK").save(folder / "print.jpg")
+    whole = (collection / "specimens" / "specimen_0000.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    (folder / "notes.txt").write_text("drawer 12")
+    out = tmp_path / "out"
+
+    code = main(["predict", "--templates", str(collection / "templates.json"), "--images", str(folder),
+                 "--out", str(out), *TINY])
+
+    assert code == 1
+    sizes = {"rotated": (160, 120), "alpha": (140, 100), "scan": (120, 90), "print": (100, 80)}
+    for stem, size in sizes.items():
+        for structure in ("head", "wing", "eye"):
+            with Image.open(out / "masks" / f"{stem}__{structure}.png") as mask:
+                assert mask.size == size
+        with Image.open(out / "overlays" / f"{stem}.jpg") as overlay:
+            assert overlay.size == size
+    coco = json.loads((out / "predictions.json").read_text())
+    names = {"alpha.png": "alpha", "print.jpg": "print", "rotated.jpg": "rotated", "scan.tif": "scan"}
+    assert {i["file_name"]: (i["width"], i["height"]) for i in coco["images"]} == {
+        name: sizes[stem] for name, stem in names.items()}
+    report = json.loads((out / "report.json").read_text())
+    assert (report["n_ok"], report["n_failed"], report["n_skipped"]) == (4, 1, 1)
+    failed = [i for i in report["images"] if i["status"] == "failed"]
+    assert [i["file"] for i in failed] == ["cut.jpg"] and "truncated or corrupt" in failed[0]["error"]
+    skipped = [i for i in report["images"] if i["status"] == "skipped"]
+    assert [i["file"] for i in skipped] == ["notes.txt"] and skipped[0]["reason"].startswith("not an image file (.txt)")
+    err = capsys.readouterr().err.splitlines()
+    failures = [line for line in err if line.startswith("failed: ")]
+    assert len(failures) == 1 and "cut.jpg" in failures[0]
+    assert [line for line in err if line.startswith("note: ")] == ["note: skipped notes.txt: " + skipped[0]["reason"]]
+
+
+def test_predict_again_into_the_same_out_only_does_what_is_missing(collection, tmp_path, monkeypatch, capsys):
+    import sam2pal.api
+
+    predicted: list[list[str]] = []
+    original = sam2pal.api.predict_collection
+
+    def spy(propagator, paths, *args, **kwargs):
+        predicted.append([path.name for path in paths])
+        return original(propagator, paths, *args, **kwargs)
+
+    monkeypatch.setattr(sam2pal.api, "predict_collection", spy)
+    specimens, first = collection / "specimens", tmp_path / "first"
+    first.mkdir()
+    for name in ("specimen_0000.jpg", "specimen_0001.jpg"):
+        (first / name).write_bytes((specimens / name).read_bytes())
+    Image.new("RGB", (200, 150)).save(specimens / "big.png")
+    out = tmp_path / "out"
+    templates = ["--templates", str(collection / "templates.json")]
+
+    assert main(["predict", *templates, "--images", str(first), "--out", str(out), *TINY]) == 0
+    kept = (out / "masks" / "specimen_0000__eye.png").stat().st_mtime_ns
+    code = main(["predict", *templates, "--images", str(specimens), "--out", str(out), "--polygons", "--zip",
+                 "--max-pixels", "25000", *TINY])
+
+    assert code == 1 and predicted == [["specimen_0000.jpg", "specimen_0001.jpg"], ["big.png", "specimen_0002.jpg"]]
+    assert (out / "masks" / "specimen_0000__eye.png").stat().st_mtime_ns == kept
+    report = json.loads((out / "report.json").read_text())
+    assert (report["n_ok"], report["n_failed"], report["n_from_earlier_runs"]) == (3, 1, 2)
+    assert [i["file"] for i in report["images"]] == [f"specimen_000{i}.jpg" for i in (0, 1)] + ["big.png", "specimen_0002.jpg"]
+    assert "30,000 pixels (200x150), over the cap of 25,000" in report["images"][2]["error"]
+    coco = COCO(str(out / "predictions.json"))
+    assert [i["file_name"] for i in coco.dataset["images"]] == [f"specimen_000{i}.jpg" for i in range(3)]
+    assert coco.dataset["annotations"] and all(isinstance(a["segmentation"], list) for a in coco.dataset["annotations"])
+    assert coco.dataset["info"]["parameters"]["max_pixels"] == 25000 and coco.dataset["info"]["templates_sha256"]
+    with zipfile.ZipFile(out / "results.zip") as bundle:
+        names = bundle.namelist()
+    assert names[:2] == ["predictions.json", "report.json"] and len(names) == 2 + 3 * 3 + 3
+
+    assert main(["predict", *templates, "--images", str(first), "--out", str(out), "--model", "random:tiny",
+                 "--image-size", "128", "--device", "cpu", "--quiet"]) == 2
+    assert _error_line(capsys).endswith("parameters); pass --overwrite to replace them or choose another --out")
+    assert main(["predict", *templates, "--images", str(first), "--out", str(out), "--overwrite", *TINY]) == 0
+    assert predicted[-1] == ["specimen_0000.jpg", "specimen_0001.jpg"]
+    assert [i["file_name"] for i in json.loads((out / "predictions.json").read_text())["images"]] == [
+        "specimen_0000.jpg", "specimen_0001.jpg"]
+    assert not (out / "results.zip").exists() and not (out / "masks" / "specimen_0002__eye.png").exists()
+
+
+def test_evaluate_command(collection, tmp_path, capsys):
+    templates = str(collection / "templates.json")
+
+    assert main(["evaluate", "--gt", templates, "--pred", templates, "--boundary-tol", "1.5",
+                 "--out", str(tmp_path / "metrics")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "2 images matched by file name; boundary F1 within 1.5 px"
+    assert [line.split()[:3] for line in out[2:5]] == [["head", "2", "1.000±0.000"], ["wing", "2", "1.000±0.000"],
+                                                       ["eye", "2", "1.000±0.000"]]
+    assert sorted(p.name for p in (tmp_path / "metrics").iterdir()) == ["metrics.csv", "metrics.json", "metrics.png"]
+
+    assert main(["evaluate", "--gt", templates, "--pred", str(tmp_path / "none.json")]) == 2
+    assert _error_line(capsys) == f"error: prediction file not found: {tmp_path / 'none.json'}; check the path"

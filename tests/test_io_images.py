@@ -7,7 +7,17 @@ import pytest
 from PIL import ExifTags, Image
 
 from sam2pal.errors import SamPalError
-from sam2pal.io.images import IMAGE_EXTENSIONS, image_size, list_images, load_image
+from sam2pal.io.images import (
+    IMAGE_EXTENSIONS,
+    image_header,
+    image_size,
+    list_images,
+    load_image,
+    orient_mask,
+    scan_images,
+    verify_image,
+    within_pixel_cap,
+)
 
 WIDTH, HEIGHT = 64, 48
 
@@ -193,3 +203,110 @@ def test_list_images_errors(tmp_path: Path) -> None:
     (empty / "readme.txt").write_text("x")
     with pytest.raises(SamPalError, match=r"no images \(\.jpg, \.jpeg, \.png.*\) in .*empty"):
         list_images(empty)
+
+
+def test_webp_and_bmp_load(tmp_path: Path) -> None:
+    pixels = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    pixels[:, : WIDTH // 2] = (200, 40, 10)
+    Image.fromarray(pixels).save(tmp_path / "a.webp", lossless=True)
+    Image.fromarray(pixels).save(tmp_path / "a.bmp")
+
+    for name in ("a.webp", "a.bmp"):
+        image = load_image(tmp_path / name)
+        assert image.shape == (HEIGHT, WIDTH, 3)
+        assert tuple(image[5, 5]) == (200, 40, 10) and tuple(image[5, WIDTH - 5]) == (0, 0, 0)
+
+
+def test_sixteen_bit_png_is_scaled_by_its_range(tmp_path: Path) -> None:
+    values = np.full((HEIGHT, WIDTH), 30000, dtype=np.uint16)
+    values[0, 0] = 20000
+    values[0, 1] = 40000
+    Image.fromarray(values).save(tmp_path / "scan.png")
+
+    image = load_image(tmp_path / "scan.png")
+
+    assert tuple(image[0, 0]) == (0, 0, 0) and tuple(image[0, 1]) == (255, 255, 255)
+    assert tuple(image[9, 9]) == (128, 128, 128)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_mask_turns_like_the_photo(tmp_path: Path, orientation: int) -> None:
+    """A mask drawn on the stored pixels, oriented, lands where load_image puts those pixels."""
+    stored = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    stored[2:9, 3:20] = 255
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = orientation
+    path = tmp_path / "photo.png"
+    Image.fromarray(stored).save(path, exif=exif.tobytes())
+
+    upright = load_image(path)[:, :, 0] > 127
+    mask = orient_mask(stored[:, :, 0] > 127, orientation)
+
+    assert mask.shape == upright.shape == (image_size(path)[1], image_size(path)[0])
+    assert np.array_equal(mask, upright)
+
+
+def test_image_header_keeps_stored_size_and_orientation(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.jpg"
+    _save_rotated_jpeg(path)
+
+    header = image_header(path)
+
+    assert header.raw_size == (WIDTH, HEIGHT) and header.orientation == 6
+    assert header.size == (HEIGHT, WIDTH)
+
+
+def test_verify_image_reads_every_byte(tmp_path: Path) -> None:
+    noise = np.random.default_rng(0).integers(0, 256, (HEIGHT * 4, WIDTH * 4, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(noise).save(whole)
+    (tmp_path / "cut.jpg").write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    rotated = tmp_path / "rotated.jpg"
+    _save_rotated_jpeg(rotated)
+
+    assert verify_image(whole) == (WIDTH * 4, HEIGHT * 4)
+    assert verify_image(rotated) == (HEIGHT, WIDTH)
+    with pytest.raises(SamPalError, match=r"cut\.jpg.*truncated or corrupt"):
+        verify_image(tmp_path / "cut.jpg")
+    with pytest.raises(
+        SamPalError,
+        match=r"whole\.jpg has 49,152 pixels .*cap of 1,000; raise the pixel cap \(--max-pixels\)",
+    ):
+        verify_image(whole, max_pixels=1000)
+
+
+def test_scan_images_notes_what_it_does_not_read(tmp_path: Path) -> None:
+    for name in ["b.jpg", "a.PNG", "notes.txt", "README", ".DS_Store", "._b.jpg"]:
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "raw").mkdir()
+
+    folder = scan_images(tmp_path)
+
+    assert [path.name for path in folder.images] == ["a.PNG", "b.jpg"]
+    assert [(entry.path.name, entry.reason) for entry in folder.skipped] == [
+        (
+            "README",
+            "not an image file; only .jpg, .jpeg, .png, .tif, .tiff, .bmp, .webp files are read",
+        ),
+        (
+            "notes.txt",
+            "not an image file (.txt); only .jpg, .jpeg, .png, .tif, .tiff, .bmp, .webp files are read",
+        ),
+        ("raw", "a folder (subfolders are not searched)"),
+    ]
+
+
+def test_within_pixel_cap(tmp_path: Path) -> None:
+    Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "small.png")
+    Image.new("RGB", (WIDTH * 2, HEIGHT)).save(tmp_path / "big.png")
+    (tmp_path / "broken.png").write_text("not a png")
+
+    kept, refused = within_pixel_cap(
+        [tmp_path / "small.png", tmp_path / "big.png", tmp_path / "broken.png"], WIDTH * HEIGHT
+    )
+
+    assert [path.name for path in kept] == ["small.png", "broken.png"]
+    assert (
+        len(refused) == 1
+        and "big.png has 6,144 pixels (128x48), over the cap of 3,072" in refused[0]
+    )

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as coco_mask
 
-from sam2pal.io.masks import decode_segmentation, encode_rle, mask_area, mask_bbox
+from sam2pal.io.masks import decode_segmentation, encode_rle, mask_area, mask_bbox, mask_polygons
 
 
 def test_rle_round_trip_is_exact() -> None:
@@ -96,3 +96,71 @@ def test_polygon_decoding_matches_pycocotools() -> None:
     expected = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygon, 48, 64)))
 
     assert np.array_equal(decode_segmentation(polygon, 48, 64), expected.astype(bool))
+
+
+def _mask(rows: list[str]) -> np.ndarray:
+    return np.array([[char == "#" for char in row] for row in rows])
+
+
+def test_polygon_of_a_rectangle_is_its_four_corners() -> None:
+    mask = np.zeros((6, 8), dtype=bool)
+    mask[1:3, 2:7] = True
+
+    assert mask_polygons(mask) == [[7.0, 1.0, 7.0, 3.0, 2.0, 3.0, 2.0, 1.0]]
+
+
+def test_polygon_traces_an_l_shape_clockwise() -> None:
+    mask = _mask(["#..", "#..", "##."])
+
+    polygons = mask_polygons(mask)
+
+    assert polygons == [[1.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0, 3.0, 0.0, 3.0, 0.0, 0.0]]
+    assert np.array_equal(decode_segmentation(polygons, 3, 3), mask)
+
+
+def test_diagonal_pixels_are_separate_parts() -> None:
+    mask = _mask(["#.", ".#"])
+
+    polygons = mask_polygons(mask)
+
+    assert sorted(polygons) == [
+        [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0],
+        [2.0, 1.0, 2.0, 2.0, 1.0, 2.0, 1.0, 1.0],
+    ]
+
+
+def test_hole_is_filled_and_an_island_in_it_kept() -> None:
+    mask = _mask(["#####", "#...#", "#.#.#", "#...#", "#####"])
+
+    polygons = mask_polygons(mask)
+
+    assert len(polygons) == 2  # the ring's outline and the island; the hole has no polygon
+    decoded = decode_segmentation(polygons, 5, 5)
+    assert decoded.all()
+    assert mask_polygons(np.zeros((4, 4), dtype=bool)) == []
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Background not connected (8-neighbours) to the border becomes foreground."""
+    height, width = mask.shape
+    outside = np.zeros_like(mask)
+    stack = [(r, c) for r in range(height) for c in (0, width - 1)]
+    stack += [(r, c) for r in (0, height - 1) for c in range(width)]
+    while stack:
+        r, c = stack.pop()
+        if 0 <= r < height and 0 <= c < width and not mask[r, c] and not outside[r, c]:
+            outside[r, c] = True
+            stack += [(r + dr, c + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    return ~outside
+
+
+def test_polygons_rasterise_back_to_the_mask_with_holes_filled() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        height, width = (int(side) for side in rng.integers(2, 25, 2))
+        mask = rng.random((height, width)) < rng.uniform(0.2, 0.8)
+        polygons = mask_polygons(mask)
+        if not mask.any():
+            assert polygons == []
+            continue
+        assert np.array_equal(decode_segmentation(polygons, height, width), _fill_holes(mask))

@@ -4,6 +4,7 @@ import contextlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,12 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
+from sam2pal.errors import SamPalError
 from sam2pal.io.outputs import (
     STRUCTURE_COLORS,
+    OutputOptions,
     PredictionWriter,
+    atomic_file,
     atomic_save_image,
     atomic_write_bytes,
     atomic_write_json,
@@ -128,6 +132,9 @@ def test_prediction_writer_files(run_folder: tuple[Path, dict, np.ndarray]) -> N
     out_dir, _, masks = run_folder
 
     assert _files(out_dir) == [
+        ".records/beetle 1.json",
+        ".records/beetle 2.json",
+        ".records/run.json",
         "masks/beetle 1__eye.png",
         "masks/beetle 1__fore_wing.png",
         "masks/beetle 1__leg.png",
@@ -242,3 +249,163 @@ def test_close_raises_when_predictions_do_not_decode_back(
 
     with pytest.raises(RuntimeError, match=r"annotation 1 decodes to 16 pixels, expected 17"):
         writer.close()
+
+
+def test_atomic_file_keeps_nothing_when_the_block_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with atomic_file(tmp_path / "out.zip") as temp:
+            temp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+
+    assert _files(tmp_path) == []
+
+
+def _masks(seed: int) -> np.ndarray:
+    masks = np.zeros((2, HEIGHT, WIDTH), dtype=bool)
+    masks[0, seed : seed + 5, 10:20] = True
+    masks[1, 30:40, seed : seed + 3] = True
+    return masks
+
+
+IMAGE = np.full((HEIGHT, WIDTH, 3), 120, dtype=np.uint8)
+IDENTITY = {"model": "tiny", "templates_sha256": "abc"}
+
+
+def _writer(out_dir: Path, identity: dict = IDENTITY, **options: bool) -> PredictionWriter:
+    return PredictionWriter(
+        out_dir, ["eye", "leg"], {"model": "tiny"}, identity, OutputOptions(**options)
+    )
+
+
+def _images_in(out_dir: Path) -> list[str]:
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(out_dir / "predictions.json"))
+    return [image["file_name"] for image in coco.dataset["images"]]
+
+
+def test_a_second_run_completes_the_first(tmp_path: Path) -> None:
+    first = _writer(tmp_path)
+    first.add(Path("a.jpg"), IMAGE, _masks(1))
+    first.add(Path("b.jpg"), IMAGE, _masks(2))
+    first.close()
+    a_mask_time = (tmp_path / "masks" / "a__eye.png").stat().st_mtime_ns
+
+    second = _writer(tmp_path)
+    todo = [p for p in (Path("a.jpg"), Path("b.jpg"), Path("c.jpg")) if not second.is_done(p)]
+    for path in todo:
+        second.add(path, IMAGE, _masks(3))
+    report = second.close()
+
+    assert todo == [Path("c.jpg")]
+    assert _images_in(tmp_path) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert report["n_ok"] == 3 and report["n_from_earlier_runs"] == 2
+    assert [entry["file"] for entry in report["images"]] == ["a.jpg", "b.jpg", "c.jpg"]
+    assert (tmp_path / "masks" / "a__eye.png").stat().st_mtime_ns == a_mask_time
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_an_interrupted_run_is_completed(tmp_path: Path) -> None:
+    interrupted = _writer(tmp_path)
+    interrupted.add(Path("a.jpg"), IMAGE, _masks(1))
+    interrupted.add(Path("b.jpg"), IMAGE, _masks(2))
+    del interrupted  # killed before close(): no predictions.json, no report.json
+    assert not (tmp_path / "predictions.json").exists()
+
+    resumed = _writer(tmp_path)
+    assert resumed.is_done(Path("/photos/a.jpg")) and resumed.is_done(Path("b.jpg"))
+    assert not resumed.is_done(Path("c.jpg"))
+    resumed.add(Path("c.jpg"), IMAGE, _masks(3))
+    resumed.close()
+
+    assert _images_in(tmp_path) == ["a.jpg", "b.jpg", "c.jpg"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(tmp_path / "predictions.json"))
+    first_eye = coco.loadAnns(coco.getAnnIds(imgIds=[1], catIds=[1]))[0]
+    assert np.array_equal(coco.annToMask(first_eye).astype(bool), _masks(1)[0])
+
+
+def test_an_image_whose_masks_were_deleted_is_done_again(tmp_path: Path) -> None:
+    first = _writer(tmp_path)
+    first.add(Path("a.jpg"), IMAGE, _masks(1))
+    first.add(Path("b.jpg"), IMAGE, _masks(2))
+    first.close()
+    (tmp_path / "masks" / "b__leg.png").unlink()
+
+    second = _writer(tmp_path)
+
+    assert second.is_done(Path("a.jpg")) and not second.is_done(Path("b.jpg"))
+
+
+def test_results_of_another_run_are_not_mixed_in(tmp_path: Path) -> None:
+    _writer(tmp_path).close()
+
+    with pytest.raises(
+        SamPalError,
+        match=r"holds results of another run \(different model, templates_sha256\); "
+        r"pass --overwrite to replace them or choose another --out",
+    ):
+        _writer(tmp_path, {"model": "large", "templates_sha256": "def"})
+    with pytest.raises(SamPalError, match=r"\(different structures\)"):
+        PredictionWriter(tmp_path, ["eye"], {}, IDENTITY)
+
+
+def test_overwrite_forgets_the_earlier_run(tmp_path: Path) -> None:
+    first = _writer(tmp_path)
+    first.add(Path("a.jpg"), IMAGE, _masks(1))
+    first.close()
+
+    second = _writer(tmp_path, {"model": "large"}, overwrite=True)
+    assert not second.is_done(Path("a.jpg"))
+    assert _files(tmp_path) == [".records/run.json"]
+    second.add(Path("b.jpg"), IMAGE, _masks(2))
+    second.close()
+
+    assert _images_in(tmp_path) == ["b.jpg"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_polygons_option_writes_polygons(tmp_path: Path) -> None:
+    masks = np.zeros((2, HEIGHT, WIDTH), dtype=bool)
+    masks[0, 5:15, 5:15] = True
+    masks[0, 8:10, 8:10] = False  # a hole: polygons cannot keep it
+    masks[0, 30:32, 40:45] = True  # a second part
+    writer = _writer(tmp_path, polygons=True)
+    writer.add(Path("a.jpg"), IMAGE, masks)
+    writer.close()
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(tmp_path / "predictions.json"))
+    (eye,) = coco.loadAnns(coco.getAnnIds())
+    assert eye["segmentation"] == [
+        [15.0, 5.0, 15.0, 15.0, 5.0, 15.0, 5.0, 5.0],
+        [45.0, 30.0, 45.0, 32.0, 40.0, 32.0, 40.0, 30.0],
+    ]
+    assert eye["area"] == 106 and eye["bbox"] == [5.0, 5.0, 40.0, 27.0]
+    assert coco.annToMask(eye).sum() == 110
+
+
+def test_zip_bundles_the_results_and_notes_are_reported(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, zip=True)
+    writer.add(Path("a.jpg"), IMAGE, _masks(1))
+    writer.add_failure(Path("b.jpg"), "cannot decode image b.jpg")
+    writer.add_note(Path("/photos/notes.txt"), "not an image file (.txt)")
+    report = writer.close()
+
+    with zipfile.ZipFile(tmp_path / "results.zip") as bundle:
+        assert sorted(bundle.namelist()) == [
+            "masks/a__eye.png",
+            "masks/a__leg.png",
+            "overlays/a.jpg",
+            "predictions.json",
+            "report.json",
+        ]
+        assert json.loads(bundle.read("report.json")) == report
+    assert report["n_ok"] == 1 and report["n_failed"] == 1 and report["n_skipped"] == 1
+    assert report["images"][-1] == {
+        "file": "notes.txt",
+        "status": "skipped",
+        "error": None,
+        "reason": "not an image file (.txt)",
+        "seconds": None,
+        "structures": {},
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,16 @@ DEFAULT_MAX_PIXELS = 100_000_000
 
 _HIGH_BIT_DEPTH_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
+# What each EXIF orientation asks a viewer to do to the stored pixels to show them upright.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 _bomb_check_lock = threading.Lock()
 _bomb_check_users = 0
@@ -91,6 +102,43 @@ def _orientation(image: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """Stored size and EXIF orientation: annotation tools disagree on which frame they draw in,
+    so template loading needs both the raw and the upright size."""
+
+    raw_size: tuple[int, int]
+    orientation: int
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) upright, as load_image returns the image."""
+        width, height = self.raw_size
+        return (height, width) if self.orientation in _SWAPPING_ORIENTATIONS else (width, height)
+
+
+def _check_pixel_cap(path: Path, image: Image.Image, max_pixels: int) -> None:
+    width, height = image.size
+    if width * height > max_pixels:
+        raise SamPalError(
+            f"image too large: {path} has {width * height:,} pixels ({width}x{height}), "
+            f"over the cap of {max_pixels:,}; raise the pixel cap (--max-pixels) or downscale "
+            "the image"
+        )
+
+
+def _decode(path: Path, image: Image.Image, upright: bool) -> None:
+    try:
+        image.load()
+        if upright:
+            ImageOps.exif_transpose(image, in_place=True)
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise SamPalError(
+            f"cannot decode image {path} ({_one_line(error)}); the file is truncated or "
+            "corrupt, export or copy it again"
+        ) from error
+
+
 def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Fully decoded, EXIF-upright PIL image in its own mode (first page of a TIFF).
 
@@ -98,21 +146,27 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     """
     path = Path(path)
     with _without_pil_bomb_check(), _open_header(path) as image:
-        width, height = image.size
-        if width * height > max_pixels:
-            raise SamPalError(
-                f"image too large: {path} has {width * height:,} pixels ({width}x{height}), "
-                f"over the cap of {max_pixels:,}; raise the pixel cap or downscale the image"
-            )
-        try:
-            image.load()
-            ImageOps.exif_transpose(image, in_place=True)
-        except (OSError, SyntaxError, ValueError, EOFError) as error:
-            raise SamPalError(
-                f"cannot decode image {path} ({_one_line(error)}); the file is truncated or "
-                "corrupt, export or copy it again"
-            ) from error
+        _check_pixel_cap(path, image, max_pixels)
+        _decode(path, image, upright=True)
         return image
+
+
+def verify_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) as load_image would return it, after reading every byte of the image.
+
+    A truncated file only shows when it is decoded, so this decodes; JPEGs at 1/8 scale (their
+    DCT allows it), which reads the whole stream at a fraction of the cost, so checking a
+    folder of 40 MP photos before a run stays quick.
+    """
+    path = Path(path)
+    with _without_pil_bomb_check(), _open_header(path) as image:
+        _check_pixel_cap(path, image, max_pixels)
+        header = ImageHeader(raw_size=image.size, orientation=_orientation(image))
+        if image.format == "JPEG":
+            width, height = image.size
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        _decode(path, image, upright=False)
+    return header.size
 
 
 def _composite_on_white(image: Image.Image) -> np.ndarray:
@@ -157,36 +211,107 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     return rgb if rgb.flags.writeable else rgb.copy()
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) as load_image would return it, from the header alone."""
+def image_header(path: str | Path) -> ImageHeader:
+    """Size and orientation from the header alone (no pixel is decoded)."""
     path = Path(path)
     with _open_header(path) as image:
-        width, height = image.size
-        if _orientation(image) in _SWAPPING_ORIENTATIONS:
-            return height, width
-        return width, height
+        return ImageHeader(raw_size=image.size, orientation=_orientation(image))
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in folder, sorted by name, hidden files skipped."""
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as load_image would return it, from the header alone."""
+    return image_header(path).size
+
+
+def orient_mask(mask: np.ndarray, orientation: int) -> np.ndarray:
+    """A bool mask drawn on the stored pixels, turned the way EXIF turns the photo upright."""
+    method = _UPRIGHT.get(orientation)
+    if method is None:
+        return mask
+    return np.asarray(Image.fromarray(np.asarray(mask, dtype=bool)).transpose(method), dtype=bool)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A folder entry that is not read as an image, and why (reported, never silently lost)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class ImageFolder:
+    """What a folder of specimen photos holds: the images to read and everything else."""
+
+    folder: Path
+    images: list[Path] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    def require_images(self) -> list[Path]:
+        """The images, or the error a user sees for a folder without any."""
+        if not self.images:
+            raise SamPalError(
+                f"no images ({', '.join(_EXTENSIONS_IN_ORDER)}) in {self.folder}; "
+                "put the photos there or pass another folder to --images"
+            )
+        return self.images
+
+
+def _skip_reason(entry: Path) -> str | None:
+    if entry.is_dir():
+        return "a folder (subfolders are not searched)"
+    if entry.suffix.lower() not in IMAGE_EXTENSIONS:
+        kind = f" ({entry.suffix})" if entry.suffix else ""
+        return f"not an image file{kind}; only {', '.join(_EXTENSIONS_IN_ORDER)} files are read"
+    if not entry.is_file():
+        return "not a regular file"
+    return None
+
+
+def scan_images(folder: str | Path) -> ImageFolder:
+    """Sort the entries directly in folder into images and skipped files, both by name.
+
+    Hidden files (.DS_Store, ._photo.jpg from macOS) are left out without a note: they are
+    never photos and a note per file would bury the ones that matter.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise SamPalError(f"image folder not found: {folder}; pass an existing folder to --images")
     if not folder.is_dir():
         raise SamPalError(f"not a folder: {folder}; pass an existing folder to --images")
-    images = sorted(
-        (
-            entry
-            for entry in folder.iterdir()
-            if not entry.name.startswith(".")
-            and entry.suffix.lower() in IMAGE_EXTENSIONS
-            and entry.is_file()
-        ),
-        key=lambda entry: entry.name,
-    )
-    if not images:
-        raise SamPalError(
-            f"no images ({', '.join(_EXTENSIONS_IN_ORDER)}) in {folder}; "
-            "put the photos there or pass another folder to --images"
-        )
-    return images
+    result = ImageFolder(folder)
+    for entry in sorted(folder.iterdir(), key=lambda entry: entry.name):
+        if entry.name.startswith("."):
+            continue
+        reason = _skip_reason(entry)
+        if reason is None:
+            result.images.append(entry)
+        else:
+            result.skipped.append(SkippedFile(entry, reason))
+    return result
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly in folder, sorted by name, hidden files skipped."""
+    return scan_images(folder).require_images()
+
+
+def within_pixel_cap(paths: list[Path], max_pixels: int) -> tuple[list[Path], list[str]]:
+    """Images at most max_pixels large (from their headers) and a message for each one that is
+    not. Unreadable files are kept: whoever loads them reports them."""
+    kept: list[Path] = []
+    refused: list[str] = []
+    for path in paths:
+        try:
+            width, height = image_header(path).raw_size
+        except SamPalError:
+            kept.append(path)
+            continue
+        if width * height > max_pixels:
+            refused.append(
+                f"{path} has {width * height:,} pixels ({width}x{height}), over the cap of "
+                f"{max_pixels:,}; left out (raise --max-pixels to use it)"
+            )
+        else:
+            kept.append(path)
+    return kept, refused

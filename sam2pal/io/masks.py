@@ -138,3 +138,84 @@ def mask_bbox(mask: np.ndarray) -> list[float]:
 def mask_area(mask: np.ndarray) -> int:
     """Pixel count, as COCO's 'area' for a mask."""
     return int(np.count_nonzero(mask))
+
+
+# Boundary edges run along pixel sides with the mask on their right (image axes, y down), so
+# outer outlines turn clockwise on screen and holes counter-clockwise. Directions in clockwise
+# order, so that (d + 1) % 4 is a right turn.
+_STEPS = np.array([(1, 0), (0, 1), (-1, 0), (0, -1)])  # east, south, west, north as (dx, dy)
+
+
+def _boundary_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start corner x, y and direction of every pixel side between mask and background."""
+    padded = np.pad(mask, 1)
+    inside = padded[1:-1, 1:-1]
+    xs, ys, directions = [], [], []
+    # (neighbour that must be outside, direction, corner offset of the edge start)
+    for neighbour, direction, (dx, dy) in (
+        (padded[:-2, 1:-1], 0, (0, 0)),  # top side, walked east
+        (padded[1:-1, 2:], 1, (1, 0)),  # right side, walked south
+        (padded[2:, 1:-1], 2, (1, 1)),  # bottom side, walked west
+        (padded[1:-1, :-2], 3, (0, 1)),  # left side, walked north
+    ):
+        rows, cols = np.nonzero(inside & ~neighbour)
+        xs.append(cols + dx)
+        ys.append(rows + dy)
+        directions.append(np.full(rows.size, direction))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(directions)
+
+
+def _successors(x: np.ndarray, y: np.ndarray, direction: np.ndarray, width: int) -> np.ndarray:
+    """Index of the edge that follows each edge along its outline.
+
+    Where two outlines touch at a corner (diagonal pixels) the right turn is taken, so pixels
+    that only touch diagonally get separate outlines (4-connected parts).
+    """
+    stride = width + 1
+    keys = (y * stride + x) * 4 + direction
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    end = (y + _STEPS[direction, 1]) * stride + (x + _STEPS[direction, 0])
+    successor = np.full(keys.size, -1)
+    for turn in (1, 0, 3):  # right, straight on, left
+        wanted = end * 4 + (direction + turn) % 4
+        at = np.minimum(np.searchsorted(sorted_keys, wanted), keys.size - 1)
+        found = (sorted_keys[at] == wanted) & (successor < 0)
+        successor[found] = order[at[found]]
+    return successor
+
+
+def mask_polygons(mask: np.ndarray) -> list[list[float]]:
+    """COCO polygons ([x1, y1, x2, y2, ...]) of the outer outline of every 4-connected part.
+
+    Vertices lie on pixel corners, so pycocotools rasterises each polygon back to exactly the
+    pixels of its part. COCO polygons cannot have holes: a hole is filled, and a part lying
+    inside a hole gets its own polygon.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    x, y, direction = _boundary_edges(mask)
+    successor = _successors(x, y, direction, mask.shape[1]).tolist()
+    x_list, y_list, direction_list = x.tolist(), y.tolist(), direction.tolist()
+    visited = [False] * len(successor)
+    polygons: list[list[float]] = []
+    for first in range(len(successor)):
+        if visited[first]:
+            continue
+        corners: list[float] = []
+        edge = first
+        while not visited[edge]:
+            visited[edge] = True
+            following = successor[edge]
+            if direction_list[following] != direction_list[edge]:
+                corners += [x_list[following], y_list[following]]
+            edge = following
+        if _signed_area(corners) > 0:  # clockwise on screen: an outer outline, not a hole
+            polygons.append([float(value) for value in corners])
+    return polygons
+
+
+def _signed_area(flat: list[float]) -> float:
+    xs, ys = np.asarray(flat[0::2]), np.asarray(flat[1::2])
+    return float(np.dot(xs, np.roll(ys, -1)) - np.dot(np.roll(xs, -1), ys)) / 2

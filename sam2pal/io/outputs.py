@@ -11,8 +11,12 @@ import io
 import json
 import os
 import re
+import shutil
 import uuid
 import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pycocotools.coco import COCO
 
-from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
+from sam2pal.errors import SamPalError
+from sam2pal.io.masks import decode_segmentation, encode_rle, mask_area, mask_bbox, mask_polygons
 
 STRUCTURE_COLORS: list[tuple[int, int, int]] = [
     (230, 25, 75),
@@ -40,6 +45,11 @@ STRUCTURE_COLORS: list[tuple[int, int, int]] = [
 
 _TINT_LEVEL = 115  # mask value for ~0.45 opacity when pasting a colour
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+RECORDS_DIR = ".records"
+_RUN_FILE = "run.json"
+PREDICTIONS_NAME = "predictions.json"
+REPORT_NAME = "report.json"
+ZIP_NAME = "results.zip"
 
 
 def structure_color(index: int) -> tuple[int, int, int]:
@@ -47,20 +57,27 @@ def structure_color(index: int) -> tuple[int, int, int]:
     return STRUCTURE_COLORS[index % len(STRUCTURE_COLORS)]
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same folder and os.replace, so readers see old or new only."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temp path in path's folder to write to; moved over path only if the block succeeds,
+    so readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # os.open with 0o666 honours the umask, unlike tempfile's private 0o600 files.
-    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
+        yield temp
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temp file in the same folder and os.replace, so readers see old or new only."""
+    with atomic_file(path) as temp:
+        # os.open with 0o666 honours the umask, unlike tempfile's private 0o600 files.
+        descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -165,33 +182,134 @@ def _safe_file_names(names: list[str]) -> list[str]:
     return safe_names
 
 
-class PredictionWriter:
-    """Writes a run's outputs into out_dir as images arrive; close() writes the COCO and report."""
+@dataclass
+class OutputOptions:
+    """How a run writes its results; none of these change a mask."""
 
-    def __init__(self, out_dir: str | Path, structures: list[str], info: dict) -> None:
+    polygons: bool = False  # COCO polygons instead of RLE, for tools that only read polygons
+    zip: bool = False  # also bundle everything into OUT/results.zip
+    overwrite: bool = False  # forget an earlier run in OUT instead of completing it
+
+
+def _read_object(path: Path) -> dict | None:
+    """A JSON object an earlier run wrote, or None when the file is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _read_record(path: Path) -> dict | None:
+    """An image's record from an earlier run, or None (then the image is simply done again)."""
+    record = _read_object(path)
+    keys = {"stem", "report", "width", "height", "annotations", "files"}
+    return record if record is not None and keys <= record.keys() else None
+
+
+class PredictionWriter:
+    """Writes a run's outputs into out_dir as images arrive; close() writes the COCO and report.
+
+    After an image's masks and overlay, a small JSON record of it goes to OUT/.records/. A later
+    run into the same folder reads the records back: images done are not predicted again, an
+    interrupted run is completed, and close() writes predictions.json and report.json with
+    every image of every run once. OUT/.records/run.json holds `identity` (model, templates…):
+    results of another model or template set are never mixed in, the run stops instead.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        structures: list[str],
+        info: dict,
+        identity: dict | None = None,
+        options: OutputOptions | None = None,
+    ) -> None:
         if len(set(structures)) != len(structures):
             raise ValueError(f"structure names must be distinct: {structures}")
         self.out_dir = Path(out_dir)
         self.structures = list(structures)
         self.info = dict(info)
+        self.options = options or OutputOptions()
         self._file_names = _safe_file_names(self.structures)
-        self._used_stems: set[str] = set()
-        self._coco_images: list[dict] = []
-        self._annotations: list[dict] = []
-        self._report_images: list[dict] = []
+        self._records_dir = self.out_dir / RECORDS_DIR
+        if self.options.overwrite:
+            self._forget_earlier_run()
+        # Through JSON, so that it compares equal to the copy read back from run.json.
+        self._claim_folder(
+            json.loads(json.dumps({"structures": self.structures, **(identity or {})}))
+        )
+        self._earlier = self._load_earlier_records()  # records hold segmented images only
+        self._done = {record["report"]["file"] for record in self._earlier.values()}
+        self._earlier_stems = {
+            record["report"]["file"]: stem for stem, record in self._earlier.items()
+        }
+        self._current: list[dict] = []
+        self._notes: list[dict] = []
         (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "overlays").mkdir(parents=True, exist_ok=True)
 
+    def _forget_earlier_run(self) -> None:
+        """Delete what an earlier run wrote (only files its records name), so nothing stale stays."""
+        if self._records_dir.is_dir():
+            for path in self._records_dir.glob("*.json"):
+                record = _read_record(path)
+                for name in record["files"] if record is not None else []:
+                    (self.out_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(self._records_dir)
+        for name in (PREDICTIONS_NAME, REPORT_NAME, ZIP_NAME):
+            (self.out_dir / name).unlink(missing_ok=True)
+
+    def _claim_folder(self, identity: dict) -> None:
+        run_file = self._records_dir / _RUN_FILE
+        if run_file.is_file():
+            earlier = _read_object(run_file) or {}
+            differ = sorted(
+                key
+                for key in identity.keys() | earlier.keys()
+                if earlier.get(key) != identity.get(key)
+            )
+            if differ:
+                raise SamPalError(
+                    f"{self.out_dir} holds results of another run (different {', '.join(differ)}); "
+                    "pass --overwrite to replace them or choose another --out"
+                )
+        atomic_write_json(run_file, identity)
+
+    def _load_earlier_records(self) -> dict[str, dict]:
+        """Records of earlier runs whose files are all still there, by stem, sorted by file name."""
+        records = []
+        for path in self._records_dir.glob("*.json"):
+            if path.name == _RUN_FILE:
+                continue
+            record = _read_record(path)
+            if record is not None and all(
+                (self.out_dir / name).is_file() for name in record["files"]
+            ):
+                records.append(record)
+        records.sort(key=lambda record: record["report"]["file"])
+        return {record["stem"]: record for record in records}
+
+    def is_done(self, image_path: str | Path) -> bool:
+        """Whether an earlier run into this folder already segmented this image."""
+        return Path(image_path).name in self._done
+
     def _output_stem(self, image_path: Path) -> str:
-        """The image's stem; a.jpg and a.png in one run must not overwrite each other's masks."""
+        """The stem an earlier run gave this image, else its own stem made unique: a.jpg and
+        a.png in one folder must not overwrite each other's masks."""
+        earlier = self._earlier_stems.pop(image_path.name, None)
+        if earlier is not None:
+            return earlier
+        used = self._earlier.keys() | {
+            record["stem"] for record in self._current if "stem" in record
+        }
         stem = image_path.stem
-        if stem in self._used_stems:
+        if stem in used:
             stem = f"{image_path.stem}_{image_path.suffix.lstrip('.')}"
         base, number = stem, 1
-        while stem in self._used_stems:
+        while stem in used:
             number += 1
             stem = f"{base}_{number}"
-        self._used_stems.add(stem)
         return stem
 
     def add(
@@ -202,7 +320,7 @@ class PredictionWriter:
         scores: list[float] | None = None,
         seconds: float | None = None,
     ) -> None:
-        """Write this image's mask PNGs and overlay now; keep its COCO entries for close()."""
+        """Write this image's mask PNGs, overlay and record now; the COCO file comes at close()."""
         image_path = Path(image_path)
         height, width = image.shape[:2]
         masks = np.asarray(masks, dtype=bool)
@@ -215,20 +333,16 @@ class PredictionWriter:
             raise ValueError(f"{len(scores)} scores for {len(self.structures)} structures")
 
         stem = self._output_stem(image_path)
-        for mask, file_name in zip(masks, self._file_names):
-            png = Image.fromarray(mask.astype(np.uint8) * 255)
-            atomic_save_image(self.out_dir / "masks" / f"{stem}__{file_name}.png", png)
+        files = [f"masks/{stem}__{file_name}.png" for file_name in self._file_names]
+        for mask, name in zip(masks, files):
+            atomic_save_image(self.out_dir / name, Image.fromarray(mask.astype(np.uint8) * 255))
+        files.append(f"overlays/{stem}.jpg")
         atomic_save_image(
-            self.out_dir / "overlays" / f"{stem}.jpg",
-            overlay(image, list(masks), self.structures),
-            quality=90,
+            self.out_dir / files[-1], overlay(image, list(masks), self.structures), quality=90
         )
 
-        image_id = len(self._coco_images) + 1
-        self._coco_images.append(
-            {"id": image_id, "file_name": image_path.name, "width": width, "height": height}
-        )
         per_structure: dict[str, dict] = {}
+        annotations: list[dict] = []
         for index, (name, mask) in enumerate(zip(self.structures, masks)):
             score = None if scores is None else float(scores[index])
             area = mask_area(mask)
@@ -236,8 +350,6 @@ class PredictionWriter:
             if area == 0:
                 continue
             annotation = {
-                "id": len(self._annotations) + 1,
-                "image_id": image_id,
                 "category_id": index + 1,
                 "segmentation": encode_rle(mask),
                 "area": area,
@@ -246,34 +358,86 @@ class PredictionWriter:
             }
             if score is not None:
                 annotation["score"] = score
-            self._annotations.append(annotation)
-        self._report_images.append(
-            {
+            annotations.append(annotation)
+        record = {
+            "stem": stem,
+            "report": {
                 "file": image_path.name,
                 "status": "ok",
                 "error": None,
                 "seconds": None if seconds is None else float(seconds),
                 "structures": per_structure,
+            },
+            "width": width,
+            "height": height,
+            "annotations": annotations,
+            "files": files,
+        }
+        atomic_write_json(self._records_dir / f"{stem}.json", record)  # last: the image is done
+        self._earlier.pop(stem, None)
+        self._current.append(record)
+
+    def add_failure(self, image_path: Path, error: str) -> None:
+        """Record an image that could not be processed, so the report lists it (a later run
+        into the same folder tries it again)."""
+        self._current.append(
+            {
+                "report": {
+                    "file": Path(image_path).name,
+                    "status": "failed",
+                    "error": str(error),
+                    "seconds": None,
+                    "structures": {},
+                }
             }
         )
 
-    def add_failure(self, image_path: Path, error: str) -> None:
-        """Record an image that could not be processed, so the report lists it."""
-        self._report_images.append(
+    def add_note(self, path: Path, reason: str) -> None:
+        """Record a file of the image folder that was not read (not an image), and why."""
+        self._notes.append(
             {
-                "file": Path(image_path).name,
-                "status": "failed",
-                "error": str(error),
+                "file": Path(path).name,
+                "status": "skipped",
+                "error": None,
+                "reason": reason,
                 "seconds": None,
                 "structures": {},
             }
         )
 
-    def _coco(self) -> dict:
+    def _segmentation(self, annotation: dict, height: int, width: int) -> dict | list:
+        if not self.options.polygons:
+            return annotation["segmentation"]
+        return mask_polygons(decode_segmentation(annotation["segmentation"], height, width))
+
+    def _coco(self, records: list[dict]) -> dict:
+        images: list[dict] = []
+        annotations: list[dict] = []
+        for record in records:
+            image_id = len(images) + 1
+            height, width = record["height"], record["width"]
+            images.append(
+                {
+                    "id": image_id,
+                    "file_name": record["report"]["file"],
+                    "width": width,
+                    "height": height,
+                }
+            )
+            for annotation in record["annotations"]:
+                segmentation = self._segmentation(annotation, height, width)
+                annotations.append(
+                    {
+                        "id": len(annotations) + 1,
+                        "image_id": image_id,
+                        **annotation,
+                        "segmentation": segmentation,
+                    }
+                )
         return {
             "info": {**self.info, "date_created": datetime.now(timezone.utc).isoformat()},
-            "images": self._coco_images,
-            "annotations": self._annotations,
+            "images": images,
+            "annotations": annotations,
             "categories": [
                 {"id": index + 1, "name": name, "supercategory": "structure"}
                 for index, name in enumerate(self.structures)
@@ -281,7 +445,10 @@ class PredictionWriter:
         }
 
     def _check_predictions(self, path: Path) -> None:
-        """Reload with pycocotools and decode every mask: what we hand over must open elsewhere."""
+        """Reload with pycocotools and decode every mask: what we hand over must open elsewhere.
+
+        RLE must give back exactly `area` pixels; polygons at least that many (they fill holes).
+        """
         with contextlib.redirect_stdout(io.StringIO()):
             coco = COCO(str(path))
         for annotation in coco.dataset["annotations"]:
@@ -295,23 +462,43 @@ class PredictionWriter:
                     f"{path}: annotation {annotation['id']} decodes to shape {mask.shape}, "
                     f"expected {(image['height'], image['width'])}"
                 )
-            if int(mask.sum()) != annotation["area"]:
+            pixels = int(mask.sum())
+            polygons = isinstance(annotation["segmentation"], list)
+            if pixels < annotation["area"] or (pixels != annotation["area"] and not polygons):
                 raise RuntimeError(
-                    f"{path}: annotation {annotation['id']} decodes to {int(mask.sum())} "
+                    f"{path}: annotation {annotation['id']} decodes to {pixels} "
                     f"pixels, expected {annotation['area']}"
                 )
 
     def close(self) -> dict:
-        """Write predictions.json and report.json, verify the COCO file, return the report."""
-        predictions_path = self.out_dir / "predictions.json"
-        atomic_write_json(predictions_path, self._coco())
-        n_ok = sum(entry["status"] == "ok" for entry in self._report_images)
+        """Write predictions.json and report.json (and the zip), verify the COCO file, return
+        the report."""
+        records = list(self._earlier.values()) + self._current
+        done = [record for record in records if record["report"]["status"] == "ok"]
+        predictions_path = self.out_dir / PREDICTIONS_NAME
+        atomic_write_json(predictions_path, self._coco(done))
+        self._check_predictions(predictions_path)
+        n_ok = len(done)
         report = {
             "structures": self.structures,
-            "images": self._report_images,
+            "images": [record["report"] for record in records] + self._notes,
             "n_ok": n_ok,
-            "n_failed": len(self._report_images) - n_ok,
+            "n_failed": len(records) - n_ok,
+            "n_skipped": len(self._notes),
+            "n_from_earlier_runs": len(self._earlier),
         }
-        atomic_write_json(self.out_dir / "report.json", report)
-        self._check_predictions(predictions_path)
+        atomic_write_json(self.out_dir / REPORT_NAME, report)
+        if self.options.zip:
+            names = [PREDICTIONS_NAME, REPORT_NAME] + [
+                name for record in done for name in record["files"]
+            ]
+            write_zip(self.out_dir / ZIP_NAME, self.out_dir, names)
         return report
+
+
+def write_zip(path: Path, folder: Path, names: list[str]) -> None:
+    """Zip folder/name for each name, atomically; PNG and JPEG are stored (already compressed)."""
+    with atomic_file(path) as temp, zipfile.ZipFile(temp, "w") as bundle:
+        for name in names:
+            compression = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
+            bundle.write(folder / name, name, compress_type=compression)

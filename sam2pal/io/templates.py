@@ -2,35 +2,57 @@
 
 Templates come from a COCO file (any annotation tool) or from one image plus one mask PNG per
 structure. Every problem is reported as a one-line SamPalError naming the file and the image,
-annotation or category at fault, because users hand-edit and re-export these files often.
+annotation or category at fault, because users hand-edit and re-export these files often; what
+is lost on the way (a rectangle, a two-point polygon) is a warning in TemplateSet.warnings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
-from pathlib import Path, PureWindowsPath
-from typing import Any
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from sam2pal.errors import SamPalError
-from sam2pal.io.images import DEFAULT_MAX_PIXELS, load_image, open_image
-from sam2pal.io.masks import decode_segmentation, encode_rle, mask_area, mask_bbox
+from sam2pal.io.coco import (
+    ABSENT,
+    CocoFile,
+    CocoImage,
+    base_name,
+    decode_annotation,
+    read_coco,
+    without_upload_prefix,
+)
+from sam2pal.io.images import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    ImageHeader,
+    image_header,
+    load_image,
+    open_image,
+    orient_mask,
+)
+from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
 from sam2pal.io.outputs import atomic_write_json
-
-_COCO_LISTS = ("images", "annotations", "categories")
 
 
 @dataclass
 class Template:
-    """One template image and the masks of the structures annotated on it."""
+    """One template image and the masks of the structures annotated on it.
+
+    `absent` holds structures the annotator marked as truly missing on this specimen, which is
+    not the same as not annotated: the engine may use it as a negative example.
+    """
 
     name: str
     path: Path
     image: np.ndarray
     masks: dict[str, np.ndarray]
+    absent: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -39,6 +61,7 @@ class TemplateSet:
 
     structures: list[str]
     templates: list[Template]
+    warnings: list[str] = field(default_factory=list)
 
     def mask_stack(self, index: int) -> np.ndarray:
         """Bool (K, H, W) in structures order; all-False where a structure is not annotated."""
@@ -46,201 +69,187 @@ class TemplateSet:
         blank = np.zeros(template.image.shape[:2], dtype=bool)
         return np.stack([template.masks.get(name, blank) for name in self.structures])
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what propagation depends on: structures, template pixels and masks, absent
+        marks. Results record it, so an edited template is told apart from the original."""
+        digest = hashlib.sha256(json.dumps(self.structures).encode())
+        for template in self.templates:
+            digest.update(
+                json.dumps(
+                    [template.name, sorted(template.absent), list(template.image.shape)]
+                ).encode()
+            )
+            digest.update(np.ascontiguousarray(template.image).tobytes())
+            for name in self.structures:
+                if name in template.masks:
+                    digest.update(name.encode())
+                    digest.update(np.packbits(template.masks[name]).tobytes())
+        return digest.hexdigest()
 
-def _read_coco(json_path: Path) -> dict:
-    if json_path.is_dir():
-        raise SamPalError(
-            f"expected a COCO JSON file but got a folder: {json_path}; pass the file itself"
-        )
-    if not json_path.exists():
-        raise SamPalError(f"template file not found: {json_path}; check the path")
-    try:
-        data = json.loads(json_path.read_text(encoding="utf-8-sig"))
-    except UnicodeDecodeError as error:
-        raise SamPalError(
-            f"{json_path} is not valid JSON (not UTF-8 text); export the templates as COCO JSON"
-        ) from error
-    except json.JSONDecodeError as error:
-        raise SamPalError(
-            f"{json_path} is not valid JSON (line {error.lineno}, column {error.colno}: "
-            f"{error.msg}); fix the file or export it again"
-        ) from error
-    except OSError as error:
-        raise SamPalError(
-            f"cannot read {json_path} ({error.strerror}); check its permissions"
-        ) from error
-    missing = [
-        key
-        for key in _COCO_LISTS
-        if not isinstance(data, dict) or not isinstance(data.get(key), list)
+
+def _relative_parts(file_name: str) -> list[str]:
+    """Folders and name of a COCO file_name, without drive letters and anything above a '..'."""
+    parts = [
+        part for part in re.split(r"[\\/]", file_name) if part not in ("", ".") and ":" not in part
     ]
-    if missing:
-        raise SamPalError(
-            f"{json_path} is not a COCO annotation file: it needs top-level 'images', "
-            f"'annotations' and 'categories' lists (missing: {', '.join(missing)}); "
-            "export the templates as COCO JSON"
+    if ".." in parts:
+        parts = parts[len(parts) - parts[::-1].index("..") :]
+    return parts
+
+
+def _same_upload_name(candidate: str, wanted: str) -> bool:
+    return without_upload_prefix(candidate).casefold() == without_upload_prefix(wanted).casefold()
+
+
+def _same_stem(candidate: str, wanted: str) -> bool:
+    return (
+        Path(without_upload_prefix(candidate)).stem.casefold()
+        == Path(without_upload_prefix(wanted)).stem.casefold()
+    )
+
+
+class _ImageFinder:
+    """Finds the file a COCO file_name means among the files the user actually has.
+
+    Exports name images as the tool stored them: with folders ('images/default/a.jpg'), with
+    '../../label-studio/media/upload/1/' in front, with Label Studio's upload hash
+    ('1b3e5f2a-a.jpg'), or with another extension after a conversion. Tried in that order of
+    certainty: the path and each of its tails, the absolute path, the name without the upload
+    hash, the stem. The --template-images folder comes before the JSON's folder.
+    """
+
+    def __init__(self, json_path: Path, image_dir: Path | None) -> None:
+        self.json_path = json_path
+        self.image_dir = image_dir
+        self.folders = [folder for folder in (image_dir, json_path.parent) if folder is not None]
+        self._listings: dict[Path, list[Path]] = {}
+
+    def _images_in(self, folder: Path) -> list[Path]:
+        if folder not in self._listings:
+            self._listings[folder] = sorted(
+                entry
+                for entry in folder.iterdir()
+                if entry.suffix.lower() in IMAGE_EXTENSIONS and not entry.name.startswith(".")
+            )
+        return self._listings[folder]
+
+    def find(self, file_name: str) -> Path:
+        parts = _relative_parts(file_name)
+        for folder in self.folders:
+            for start in range(len(parts)):
+                candidate = folder.joinpath(*parts[start:])
+                if candidate.is_file():
+                    return candidate
+        given = Path(file_name)
+        if given.is_absolute() and given.is_file():
+            return given
+        wanted = base_name(file_name)
+        for same in (_same_upload_name, _same_stem):
+            for folder in self.folders:
+                found = [entry for entry in self._images_in(folder) if same(entry.name, wanted)]
+                if len(found) > 1:
+                    names = ", ".join(entry.name for entry in found[:3])
+                    raise SamPalError(
+                        f"template image {file_name} (from {self.json_path}) could be any of "
+                        f"{names} in {folder}; rename the file that was annotated to {wanted}"
+                    )
+                if found:
+                    return found[0]
+        looked_in = f"next to {self.json_path.name}" + (
+            "" if self.image_dir is None else f" and in {self.image_dir}"
         )
-    return data
+        raise SamPalError(
+            f"template image not found: {file_name} (from {self.json_path}; looked {looked_in}); "
+            "put it there or pass --template-images DIR"
+        )
 
 
-def _is_id(value: Any) -> bool:
-    return isinstance(value, int | str) and not isinstance(value, bool)
-
-
-def _categories(json_path: Path, entries: list) -> dict[int, str]:
-    """Category id -> name, in ascending id order."""
-    names: dict[int, str] = {}
-    for entry in entries:
-        if not (
-            isinstance(entry, dict)
-            and isinstance(entry.get("id"), int)
-            and not isinstance(entry.get("id"), bool)
-            and isinstance(entry.get("name"), str)
-            and entry["name"]
-        ):
-            raise SamPalError(
-                f"{json_path}: category {entry!r} needs an integer 'id' and a non-empty 'name'; "
-                "fix the categories list"
+def _orientation_for(
+    header: ImageHeader, size: tuple[int, int] | None, where: str, what: str, warnings: list[str]
+) -> int | None:
+    """EXIF orientation to apply to annotations drawn at `size` (width, height): 1 when they
+    are on the upright photo, the photo's own when they are on the stored pixels, None when
+    `size` fits neither."""
+    upright = header.size
+    if size is None or size == upright:
+        if header.orientation != 1 and (size is None or header.raw_size == upright):
+            warnings.append(
+                f"{where} has EXIF orientation {header.orientation}; its {what} are taken as "
+                "drawn on the upright photo"
             )
-        if entry["id"] in names:
-            raise SamPalError(
-                f"{json_path}: category id {entry['id']} is used twice; give each category "
-                "its own id"
-            )
-        if entry["name"] in names.values():
-            raise SamPalError(
-                f"{json_path}: two categories are named '{entry['name']}'; merge them or rename one"
-            )
-        names[entry["id"]] = entry["name"]
-    return dict(sorted(names.items()))
+        return 1
+    if size == header.raw_size:
+        warnings.append(
+            f"{where}: the {what} are {size[0]}x{size[1]}, the photo as stored before its EXIF "
+            "rotation; they were turned upright with it"
+        )
+        return header.orientation
+    return None
 
 
-def _images(json_path: Path, entries: list) -> dict[int | str, dict]:
-    """Image id -> image entry, in file order."""
-    images: dict[int | str, dict] = {}
-    for entry in entries:
-        if not (
-            isinstance(entry, dict)
-            and _is_id(entry.get("id"))
-            and isinstance(entry.get("file_name"), str)
-            and entry["file_name"]
-        ):
-            raise SamPalError(
-                f"{json_path}: image {entry!r} needs an 'id' (number or text) and a 'file_name'; "
-                "fix the images list"
-            )
-        if entry["id"] in images:
-            raise SamPalError(
-                f"{json_path}: image id {entry['id']} is used twice; give each image its own id"
-            )
-        images[entry["id"]] = entry
-    return images
-
-
-def _annotation_label(annotation: dict, index: int) -> str:
-    return f"annotation {annotation['id']}" if "id" in annotation else f"annotation #{index + 1}"
-
-
-def _annotations_by_image(
-    json_path: Path, entries: list, images: dict[int | str, dict], categories: dict[int, str]
-) -> dict[int | str, list[tuple[str, dict]]]:
-    """Image id -> (label, annotation) pairs, every reference checked before any image is read."""
-    by_image: dict[int | str, list[tuple[str, dict]]] = {}
-    used_categories: set[int] = set()
-    for index, annotation in enumerate(entries):
-        if not isinstance(annotation, dict):
-            raise SamPalError(
-                f"{json_path}: annotation #{index + 1} is not an object; fix the annotations list"
-            )
-        label = _annotation_label(annotation, index)
-        for key in ("image_id", "category_id", "segmentation"):
-            if key not in annotation:
-                raise SamPalError(
-                    f"{json_path}: {label} has no '{key}'; fix or delete the annotation"
-                )
-        image_id, category_id = annotation["image_id"], annotation["category_id"]
-        if not _is_id(image_id) or image_id not in images:
-            raise SamPalError(
-                f"{json_path}: {label} refers to image id {image_id!r}, which is not in 'images'; "
-                "fix the annotation or add the image"
-            )
-        if not _is_id(category_id) or category_id not in categories:
-            raise SamPalError(
-                f"{json_path}: {label} refers to category id {category_id!r}, which is not in "
-                "'categories'; fix the annotation or add the category"
-            )
-        used_categories.add(category_id)
-        by_image.setdefault(image_id, []).append((label, annotation))
-    for category_id, name in categories.items():
-        if category_id not in used_categories:
-            raise SamPalError(
-                f"{json_path}: category '{name}' (id {category_id}) has no annotation; annotate it "
-                "on at least one template image or delete the category"
-            )
-    return by_image
-
-
-def _find_template_image(json_path: Path, file_name: str, image_dir: Path | None) -> Path:
-    """file_name next to the JSON, then in image_dir as given, then by base name in image_dir."""
-    candidates = [json_path.parent / file_name]
-    if image_dir is not None:
-        candidates += [image_dir / file_name, image_dir / PureWindowsPath(file_name).name]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    looked_in = f"next to {json_path.name}" + ("" if image_dir is None else f" and in {image_dir}")
-    raise SamPalError(
-        f"template image not found: {file_name} (from {json_path}; looked {looked_in}); "
-        "put it there or pass --template-images DIR"
-    )
-
-
-def _check_size(json_path: Path, entry: dict, width: int, height: int) -> None:
-    expected = (entry.get("width"), entry.get("height"))
-    if None in expected or expected == (width, height):
-        return
-    hint = (
-        " (the photo has an EXIF rotation the annotation tool may have ignored)"
-        if expected == (height, width)
-        else ""
-    )
-    raise SamPalError(
-        f"{json_path}: image {entry['id']} ({entry['file_name']}) is {width}x{height} pixels but "
-        f"the COCO file says {expected[0]}x{expected[1]}{hint}; annotate the image as it is now "
+def _size_error(json_path: Path, image: CocoImage, header: ImageHeader) -> SamPalError:
+    width, height = header.size
+    stored = ""
+    if header.raw_size != header.size:
+        stored = f" ({header.raw_size[0]}x{header.raw_size[1]} as stored, before its EXIF rotation)"
+    return SamPalError(
+        f"{json_path}: image {image.id} ({image.file_name}) is {width}x{height} pixels{stored} "
+        f"but the COCO file says {image.width}x{image.height}; annotate the image as it is now "
         "or replace it with the one that was annotated"
     )
 
 
 def _load_coco_template(
     json_path: Path,
-    entry: dict,
-    annotations: list[tuple[str, dict]],
-    categories: dict[int, str],
-    image_dir: Path | None,
+    image: CocoImage,
+    finder: _ImageFinder,
     max_pixels: int,
+    warnings: list[str],
 ) -> Template:
-    file_name = entry["file_name"]
-    path = _find_template_image(json_path, file_name, image_dir)
+    path = finder.find(image.file_name)
     try:
-        image = load_image(path, max_pixels)
+        header = image_header(path)
+        pixels = load_image(path, max_pixels)
     except SamPalError as error:
-        raise SamPalError(f"{json_path}: template image {entry['id']}: {error}") from error
-    height, width = image.shape[:2]
-    _check_size(json_path, entry, width, height)
+        raise SamPalError(f"{json_path}: template image {image.id}: {error}") from error
+    size = None if image.width is None or image.height is None else (image.width, image.height)
+    where = f"{json_path}: image {image.id} ({image.file_name})"
+    orientation = _orientation_for(header, size, where, "annotations", warnings)
+    if orientation is None:
+        raise _size_error(json_path, image, header)
+    width, height = header.size if orientation == 1 else header.raw_size
     masks: dict[str, np.ndarray] = {}
-    for label, annotation in annotations:
-        name = categories[annotation["category_id"]]
-        where = f"{json_path}: {label} ('{name}' on image {entry['id']}, {file_name})"
-        try:
-            mask = decode_segmentation(annotation["segmentation"], height, width)
-        except ValueError as error:
-            raise SamPalError(
-                f"{where} has a malformed segmentation: {error}; redraw it"
-            ) from error
+    for annotation in image.annotations:
+        mask = decode_annotation(annotation, height, width)
         if not mask.any():
-            raise SamPalError(f"{where} has an empty mask; redraw it or delete the annotation")
+            raise SamPalError(
+                f"{annotation.where} has an empty mask; redraw it or delete the annotation"
+            )
+        name = annotation.structure
         masks[name] = masks[name] | mask if name in masks else mask
-    return Template(name=file_name, path=path, image=image, masks=masks)
+    upright = {name: orient_mask(mask, orientation) for name, mask in masks.items()}
+    return Template(
+        name=image.file_name, path=path, image=pixels, masks=upright, absent=set(image.absent)
+    )
+
+
+def _check_structures(coco: CocoFile, templates: list[CocoImage]) -> None:
+    """Every structure needs an example: an annotation, or 'absent' on every template."""
+    annotated = {annotation.structure for image in templates for annotation in image.annotations}
+    for name in coco.structures:
+        if name in annotated or all(name in image.absent for image in templates):
+            continue
+        skipped = coco.skipped[name]
+        why = (
+            f"no usable annotation ({skipped} without a mask or polygon)"
+            if skipped
+            else "no annotation"
+        )
+        raise SamPalError(
+            f"{coco.path}: category '{name}' (id {coco.category_ids[name][0]}) has {why}; annotate "
+            "it on at least one template image, mark it absent on every template "
+            "(structure_status) or delete the category"
+        )
 
 
 def load_coco_templates(
@@ -257,16 +266,20 @@ def load_coco_templates(
             f"template image folder not found: {image_dir}; pass an existing folder to "
             "--template-images"
         )
-    coco = _read_coco(json_path)
-    categories = _categories(json_path, coco["categories"])
-    images = _images(json_path, coco["images"])
-    by_image = _annotations_by_image(json_path, coco["annotations"], images, categories)
+    coco = read_coco(json_path, "template file")
+    images = [image for image in coco.images if image.annotations]
+    if not images:
+        raise SamPalError(
+            f"{json_path}: no image has a usable annotation; draw at least one structure as a "
+            "polygon or mask"
+        )
+    _check_structures(coco, images)
+    warnings = list(coco.warnings)
+    finder = _ImageFinder(json_path, image_dir)
     templates = [
-        _load_coco_template(json_path, entry, by_image[image_id], categories, image_dir, max_pixels)
-        for image_id, entry in images.items()
-        if image_id in by_image
+        _load_coco_template(json_path, image, finder, max_pixels, warnings) for image in images
     ]
-    return TemplateSet(structures=list(categories.values()), templates=templates)
+    return TemplateSet(structures=list(coco.structures), templates=templates, warnings=warnings)
 
 
 def _mask_pixels(image: Image.Image) -> np.ndarray:
@@ -292,8 +305,10 @@ def load_mask_templates(
         raise SamPalError(
             f"no structure masks given for template image {image_path}; give one mask per structure"
         )
+    header = image_header(image_path)
     image = load_image(image_path, max_pixels)
-    height, width = image.shape[:2]
+    width, height = header.size
+    warnings: list[str] = []
     loaded: dict[str, np.ndarray] = {}
     for name, mask_path in masks.items():
         mask_path = Path(mask_path)
@@ -301,13 +316,15 @@ def load_mask_templates(
             mask_image = open_image(mask_path, max_pixels)
         except SamPalError as error:
             raise SamPalError(f"mask for '{name}': {error}") from error
-        if mask_image.size != (width, height):
+        where = f"mask for '{name}' ({mask_path}) on template image {image_path}"
+        orientation = _orientation_for(header, mask_image.size, where, "mask pixels", warnings)
+        if orientation is None:
             raise SamPalError(
                 f"mask for '{name}' is {mask_image.width}x{mask_image.height} pixels but template "
                 f"image {image_path} is {width}x{height}: {mask_path}; export the mask at the "
                 "image's full size"
             )
-        mask = _mask_pixels(mask_image)
+        mask = orient_mask(_mask_pixels(mask_image), orientation)
         if not mask.any():
             raise SamPalError(
                 f"mask for '{name}' is empty (no nonzero pixel): {mask_path}; draw the structure "
@@ -315,7 +332,29 @@ def load_mask_templates(
             )
         loaded[name] = mask
     template = Template(name=image_path.name, path=image_path, image=image, masks=loaded)
-    return TemplateSet(structures=list(masks), templates=[template])
+    return TemplateSet(structures=list(masks), templates=[template], warnings=warnings)
+
+
+def load_templates(
+    coco_json: str | Path | None = None,
+    template_images: str | Path | None = None,
+    image: str | Path | None = None,
+    masks: dict[str, str | Path] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> TemplateSet:
+    """Templates from a COCO file, or from one image plus one mask PNG per structure."""
+    if coco_json is not None:
+        if image is not None or masks:
+            raise SamPalError(
+                "give either --templates T.json or --template-image with --mask NAME=PATH, not both"
+            )
+        return load_coco_templates(coco_json, template_images, max_pixels)
+    if image is not None and masks:
+        return load_mask_templates(image, masks, max_pixels)
+    raise SamPalError(
+        "no templates: pass --templates T.json, or --template-image IMG with --mask NAME=PATH per "
+        "structure"
+    )
 
 
 def save_coco_templates(template_set: TemplateSet, json_path: str | Path) -> None:
@@ -327,9 +366,10 @@ def save_coco_templates(template_set: TemplateSet, json_path: str | Path) -> Non
     annotations: list[dict] = []
     for image_id, template in enumerate(template_set.templates, start=1):
         height, width = template.image.shape[:2]
-        images.append(
-            {"id": image_id, "file_name": template.name, "width": width, "height": height}
-        )
+        entry = {"id": image_id, "file_name": template.name, "width": width, "height": height}
+        if template.absent:
+            entry["structure_status"] = {name: ABSENT for name in sorted(template.absent)}
+        images.append(entry)
         for category_id, name in enumerate(template_set.structures, start=1):
             mask = template.masks.get(name)
             if mask is None or not mask.any():
