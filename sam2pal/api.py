@@ -17,6 +17,7 @@ from typing import Callable
 
 from sam2pal import __version__
 from sam2pal.engine.propagate import Propagator, predict_collection
+from sam2pal.engine.qc import QCConfig
 from sam2pal.engine.trainer import Trainer, TrainConfig, TrainResult
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import DEFAULT_MAX_PIXELS, list_images, scan_images
@@ -96,7 +97,7 @@ def provenance(model: LoadedModel, templates: TemplateSet, **params) -> dict:
 
 # Settings that change how a run goes or what it writes, but not a mask: a run into the same OUT
 # may differ in these and still complete the earlier one.
-_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images"})
+_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images", "qc"})
 
 
 def _result_identity(info: dict) -> dict:
@@ -122,6 +123,8 @@ def predict(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
     options: OutputOptions | None = None,
+    qc: QCConfig | None = QCConfig(),
+    orientation: str = "none",
 ) -> dict:
     """Propagate every structure to every image; write OUT (COCO, masks, overlays, report).
 
@@ -134,7 +137,8 @@ def predict(
     if max_pixels < 1:
         raise SamPalError(f"--max-pixels {max_pixels} must be at least 1")
     options = options or OutputOptions()
-    params: dict = {"batch_size": batch_size, "max_pixels": max_pixels, "polygons": options.polygons}
+    params: dict = {"batch_size": batch_size, "max_pixels": max_pixels, "polygons": options.polygons,
+                    "orientation_search": orientation, "qc": asdict(qc) if qc is not None else None}
     if isinstance(images, list):
         paths, skipped = [Path(p) for p in images], []
     else:
@@ -149,5 +153,6 @@ def predict(
         writer.add_note(entry.path, entry.reason)
     todo = [path for path in paths if not writer.is_done(path)]
     if todo:
-        predict_collection(Propagator(model, templates), todo, writer, batch_size, max_pixels, progress)
+        propagator = Propagator(model, templates, qc=qc, orientation=orientation)
+        predict_collection(propagator, todo, writer, batch_size, max_pixels, progress)
     return writer.close()

@@ -79,6 +79,13 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
                        "report.json into OUT/results.zip")
     group.add_argument("--overwrite", action="store_true", help="replace results already in OUT (default: "
                        "keep them and segment only the images not done yet)")
+    group.add_argument("--no-qc", action="store_true", help="skip the round-trip quality check (faster)")
+    group.add_argument("--qc-min-iou", type=float, default=0.5, help="flag structures whose round-trip IoU is below")
+    group.add_argument("--qc-min-confidence", type=float, default=0.5, help="flag masks less confident than this")
+    group.add_argument("--qc-area-range", type=float, nargs=2, default=(0.33, 3.0), metavar=("LOW", "HIGH"),
+                       help="flag masks whose area ratio to the template's is outside this range")
+    group.add_argument("--orientation-search", choices=("none", "rot4", "rot4flip"), default="none",
+                       help="try each specimen turned (and mirrored), keep the turn with the best QC score")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,9 +247,12 @@ def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -
             bar.n = done
             bar.refresh()
 
+    from sam2pal.engine.qc import QCConfig
+
     options = OutputOptions(polygons=args.polygons, zip=args.zip, overwrite=args.overwrite)
+    qc = None if args.no_qc else QCConfig(args.qc_min_iou, args.qc_min_confidence, tuple(args.qc_area_range))
     report = predict(model, templates, args.images, args.out, adapter, args.batch_size, args.max_pixels,
-                     progress, options)
+                     progress, options, qc, args.orientation_search)
     if bar is not None:
         bar.close()
     for item in report["images"]:

@@ -75,7 +75,8 @@ def _zip_folder(folder: Path, archive: Path) -> Path:
     tmp = archive.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as bundle:
         for path in sorted(folder.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
+            relative = path.relative_to(folder)
+            if path.is_file() and not any(part.startswith(".") for part in relative.parts):
                 bundle.write(path, path.relative_to(folder))
     tmp.replace(archive)
     return archive
@@ -112,7 +113,8 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
         if should_stop():
             raise JobCancelled()
 
-    report = api.predict(model, templates, spec.images, out, spec.adapter, spec.batch_size, progress=predicted)
+    report = api.predict(model, templates, spec.images, out, spec.adapter, spec.batch_size, progress=predicted,
+                         orientation=spec.orientation)
     emit({"type": "message", "message": f"{report['n_ok']} segmented, {report['n_failed']} failed"})
     return {
         "predictions": str(out / "predictions.json"),

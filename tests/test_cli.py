@@ -296,3 +296,30 @@ def test_evaluate_command(collection, tmp_path, capsys):
 
     assert main(["evaluate", "--gt", templates, "--pred", str(tmp_path / "none.json")]) == 2
     assert _error_line(capsys) == f"error: prediction file not found: {tmp_path / 'none.json'}; check the path"
+
+
+def test_quality_check_and_orientation_search_reach_report_and_coco(collection, tmp_path):
+    out = tmp_path / "out"
+    code = main(["predict", "--templates", str(collection / "templates.json"), "--images",
+                 str(collection / "specimens"), "--out", str(out), "--orientation-search", "rot4",
+                 "--qc-min-iou", "1.01", *TINY])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    images = [i for i in report["images"] if i["status"] == "ok"]
+    assert all(i["orientation"] in ("rot0", "rot90", "rot180", "rot270") for i in images)
+    assert all("low_round_trip_iou" in i["flags"] for i in images)  # every IoU is below 1.01
+    scores = {i["file"]: i["qc_score"] for i in images}
+    assert report["review_order"] == sorted(scores, key=scores.get)
+    qc = images[0]["structures"]["head"]["qc"]
+    assert set(qc) == {"round_trip_iou", "confidence", "area_ratio", "flags"}
+    annotations = json.loads((out / "predictions.json").read_text())["annotations"]
+    assert all("qc_round_trip_iou" in a and "qc_flags" in a for a in annotations)
+
+
+def test_no_qc_leaves_quality_fields_out(collection, tmp_path):
+    out = tmp_path / "out"
+    assert main(["predict", "--templates", str(collection / "templates.json"), "--images",
+                 str(collection / "specimens"), "--out", str(out), "--no-qc", *TINY]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["review_order"] == []
+    assert "qc" not in report["images"][0]["structures"]["head"]

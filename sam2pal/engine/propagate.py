@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -213,7 +213,9 @@ def predict_collection(
             predictions = propagator.predict([item.image for item in good])
             seconds = (time.perf_counter() - start) / len(good)
             for item, prediction in zip(good, predictions):
-                writer.add(item.path, item.image, prediction.masks, prediction.scores, seconds)
+                quality = [asdict(q) for q in prediction.qc] if prediction.qc is not None else None
+                writer.add(item.path, item.image, prediction.masks, prediction.scores, seconds,
+                           quality=quality, orientation=prediction.orientation)
         done += len(batch)
         if progress is not None:
             progress(done, len(paths))

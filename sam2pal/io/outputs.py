@@ -207,6 +207,19 @@ def _read_record(path: Path) -> dict | None:
     return record if record is not None and keys <= record.keys() else None
 
 
+def _review_fields(quality: list[dict] | None, orientation: str | None) -> dict:
+    """Per image: the worst structure's round-trip IoU (the number to sort a review by), all
+    flags, and the orientation kept by an orientation search."""
+    fields: dict = {}
+    if orientation is not None:
+        fields["orientation"] = orientation
+    if quality is not None:
+        trips = [q["round_trip_iou"] for q in quality if q.get("round_trip_iou") is not None]
+        fields["qc_score"] = min(trips) if trips else None
+        fields["flags"] = sorted({flag for q in quality for flag in q.get("flags", [])})
+    return fields
+
+
 class PredictionWriter:
     """Writes a run's outputs into out_dir as images arrive; close() writes the COCO and report.
 
@@ -319,8 +332,15 @@ class PredictionWriter:
         masks: np.ndarray,
         scores: list[float] | None = None,
         seconds: float | None = None,
+        quality: list[dict] | None = None,
+        orientation: str | None = None,
     ) -> None:
-        """Write this image's mask PNGs, overlay and record now; the COCO file comes at close()."""
+        """Write this image's mask PNGs, overlay and record now; the COCO file comes at close().
+
+        `quality` holds one quality-check dict per structure (round_trip_iou, confidence,
+        area_ratio, flags); it goes into the report and onto each COCO annotation as `qc_*`
+        fields, so a reviewer (or another tool) can sort by it.
+        """
         image_path = Path(image_path)
         height, width = image.shape[:2]
         masks = np.asarray(masks, dtype=bool)
@@ -331,6 +351,8 @@ class PredictionWriter:
             )
         if scores is not None and len(scores) != len(self.structures):
             raise ValueError(f"{len(scores)} scores for {len(self.structures)} structures")
+        if quality is not None and len(quality) != len(self.structures):
+            raise ValueError(f"{len(quality)} quality checks for {len(self.structures)} structures")
 
         stem = self._output_stem(image_path)
         files = [f"masks/{stem}__{file_name}.png" for file_name in self._file_names]
@@ -347,6 +369,8 @@ class PredictionWriter:
             score = None if scores is None else float(scores[index])
             area = mask_area(mask)
             per_structure[name] = {"area": area, "score": score}
+            if quality is not None:
+                per_structure[name]["qc"] = quality[index]
             if area == 0:
                 continue
             annotation = {
@@ -358,6 +382,8 @@ class PredictionWriter:
             }
             if score is not None:
                 annotation["score"] = score
+            if quality is not None:
+                annotation.update({f"qc_{key}": value for key, value in quality[index].items()})
             annotations.append(annotation)
         record = {
             "stem": stem,
@@ -367,6 +393,7 @@ class PredictionWriter:
                 "error": None,
                 "seconds": None if seconds is None else float(seconds),
                 "structures": per_structure,
+                **_review_fields(quality, orientation),
             },
             "width": width,
             "height": height,
@@ -486,6 +513,10 @@ class PredictionWriter:
             "n_failed": len(records) - n_ok,
             "n_skipped": len(self._notes),
             "n_from_earlier_runs": len(self._earlier),
+            # what a reviewer should open first: lowest quality-check score first
+            "review_order": [r["report"]["file"] for r in sorted(
+                (r for r in done if r["report"].get("qc_score") is not None),
+                key=lambda r: r["report"]["qc_score"])],
         }
         atomic_write_json(self.out_dir / REPORT_NAME, report)
         if self.options.zip:

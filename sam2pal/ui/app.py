@@ -337,7 +337,7 @@ class SamPalApp:
         archive = out.parent / "sam2pal_results.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
             for path in sorted(out.rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
+                if path.is_file() and not any(part.startswith(".") for part in path.relative_to(out).parts):
                     bundle.write(path, path.relative_to(out))
         return str(predictions), str(archive)
 
@@ -362,8 +362,7 @@ class SamPalApp:
 
 def _quality(structure: dict) -> float:
     """The number a reviewer sorts by: the round-trip IoU where there is one, else the score."""
-    qc = structure.get("qc") or {}
-    value = qc.get("round_trip_iou", structure.get("round_trip_iou"))
+    value = (structure.get("qc") or {}).get("round_trip_iou")
     if value is None:
         value = structure.get("score")
     return float(value) if value is not None else 0.0
@@ -407,9 +406,11 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
         with gr.Tab("1. Templates"):
             with gr.Row():
                 with gr.Column(scale=1):
-                    template_files = gr.File(label="Template images", file_count="multiple", file_types=["image"])
-                    structures = gr.Textbox(label="Structures (one per line)", lines=4, placeholder="scape\neye\nwing")
-                    apply = gr.Button("Apply structures")
+                    template_files = gr.File(label="Template images", file_count="multiple", file_types=["image"],
+                                             elem_id="template-files")
+                    structures = gr.Textbox(label="Structures (one per line)", lines=4, placeholder="scape\neye\nwing",
+                                            elem_id="structures")
+                    apply = gr.Button("Apply structures", elem_id="apply-structures")
                     with gr.Accordion("Import a COCO template file", open=False):
                         coco_file = gr.File(label="COCO JSON", file_types=[".json"])
                         coco_images = gr.File(label="Its images", file_count="multiple", file_types=["image"])
@@ -423,8 +424,9 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
                         save = gr.Button("Save masks", variant="primary", elem_id="save-masks")
                         clear_structure = gr.Radio(label="Structure", choices=[])
                         clear = gr.Button("Clear this structure's mask")
-            template_note = gr.Markdown()
-            review = gr.Gallery(label="Review: each structure's mask as the server received it", columns=4, elem_id="review")
+            template_note = gr.Markdown(elem_id="template-note")
+            review = gr.Gallery(label="Review: each structure's mask as the server received it", columns=4, height=320,
+                                object_fit="contain", elem_id="review")
             template_preview = gr.Image(visible=False)
             download_templates = gr.DownloadButton("Download template set (COCO)")
         with gr.Tab("2. Fine-tune (optional)"):
@@ -456,7 +458,8 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
                 start_predict = gr.Button("Segment collection", variant="primary", elem_id="segment")
                 cancel_predict = gr.Button("Cancel")
             predict_status = gr.Textbox(label="Status", interactive=False, elem_id="predict-status")
-            gallery = gr.Gallery(label="Results, worst quality first (click one to correct it)", columns=4, elem_id="results")
+            gallery = gr.Gallery(label="Results, worst quality first (click one to correct it)", columns=4, height=420,
+                                 object_fit="contain", elem_id="results")
             with gr.Accordion("Correct a structure", open=True):
                 corrected_file = gr.Textbox(label="Specimen", interactive=False)
                 correction_structure = gr.Dropdown(label="Structure", choices=[])
