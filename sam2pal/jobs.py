@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-KINDS = ("predict", "train")
+KINDS = ("predict", "train", "points")
 STATES = ("queued", "running", "done", "failed", "cancelled")
 
 Emit = Callable[[dict], None]
@@ -41,6 +41,7 @@ class JobSpec:
     batch_size: int = 4
     orientation: str = "none"
     train: dict = field(default_factory=dict)  # TrainConfig fields
+    points: list = field(default_factory=list)  # [x, y, label] clicks on the image `images` names (kind "points")
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def __post_init__(self) -> None:
@@ -89,6 +90,8 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     from sam2pal.model.build import describe
 
     workdir = Path(spec.workdir)
+    if spec.kind == "points":
+        return _points(spec, workdir)
     emit({"type": "message", "message": "loading templates and model"})
     templates = api.load_templates(spec.templates, spec.template_images)
     model = api.load_model(spec.model, spec.image_size, spec.device)
@@ -123,6 +126,23 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
         "masks": str(out / "masks"),
         "results_zip": str(_zip_folder(out, workdir / "results.zip")),
     }
+
+
+def _points(spec: JobSpec, workdir: Path) -> dict[str, str]:
+    """A mask from clicks on one image, saved as a PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from sam2pal import api
+    from sam2pal.engine.points import mask_from_points
+    from sam2pal.io.images import load_image
+    from sam2pal.io.outputs import atomic_save_image
+
+    model = api.load_model(spec.model, spec.image_size, spec.device)
+    mask = mask_from_points(model, load_image(spec.images), [tuple(p) for p in spec.points])
+    path = workdir / "mask.png"
+    atomic_save_image(path, Image.fromarray(mask.astype(np.uint8) * 255))
+    return {"mask": str(path)}
 
 
 def apply_event(status: JobStatus, event: dict) -> None:

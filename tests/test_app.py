@@ -137,3 +137,22 @@ def test_zip_upload_is_flattened_and_capped(tmp_path):
         extract_zip(archive, target, Limits(max_zip_files=1))
     with pytest.raises(SamPalError, match="unpacks to"):
         extract_zip(archive, target, Limits(max_zip_bytes=10))
+
+
+def test_clicks_give_a_sam2_mask_that_is_accepted_into_a_structure(backend, tmp_path, collection):
+    import gradio as gr
+
+    ui = SamPalApp(CONFIG, backend, Workspaces(tmp_path))
+    token, ws = ui.workspaces.get(None)
+    ui.upload_templates([str(collection / "template_0.png")], token)
+    ui.apply_structures("head", token)
+    click = gr.SelectData(target=None, data={"index": [40, 60], "value": None, "selected": True})
+    points, mask_path, shown, note = ui.click_point([], "inside (positive)", "template_0.png", token, click)
+    assert points == [[40.0, 60.0, 1]] and note == "1 points"
+    assert shown.shape[:2] == (120, 160)
+    clicked = np.asarray(Image.open(mask_path)) > 0
+    assert clicked.shape == (120, 160)
+    points, mask_path, *_ = ui.accept_points(mask_path, "template_0.png", "head", token)
+    assert points == [] and mask_path is None
+    stored = ws.mask("template_0.png", "head")
+    assert (stored is None and not clicked.any()) or np.array_equal(stored, clicked)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,35 @@ class SamPalApp:
         if name and structure:
             ws.set_mask(name, structure, None)
         return self.show_template(name, token)
+
+    def click_point(self, points: list, kind: str, name: str | None, token: str, evt: gr.SelectData):
+        """Add a click (in full-resolution pixels) and ask the backend for SAM2's mask from all clicks."""
+        ws = self._ws(token)
+        if not name:
+            raise gr.Error("Upload or choose a template image first.")
+        image = ws.template_image(name)
+        shown = editor_image(image)
+        scale = image.shape[1] / shown.shape[1]
+        points = points + [[evt.index[0] * scale, evt.index[1] * scale, 0 if kind.startswith("outside") else 1]]
+        spec = JobSpec(kind="points", workdir=str(ws.job_dir()), templates="", images=str(ws.root / "templates" / name),
+                       model=self.config.model, image_size=self.config.image_size, device=self.config.device,
+                       points=points)
+        status = _wait(self.backend, self.backend.start(spec))
+        if status.state != "done":
+            raise gr.Error(status.error or f"the click job was {status.state}")
+        mask = np.asarray(Image.open(status.files["mask"])) > 0
+        return points, status.files["mask"], _with_points(tinted(image, mask, 0), points, scale), f"{len(points)} points"
+
+    def accept_points(self, mask_path: str | None, name: str | None, structure: str | None, token: str):
+        """Add the clicked mask to the chosen structure's mask (union), then start a fresh set of clicks."""
+        ws = self._ws(token)
+        if not mask_path or not name or not structure:
+            raise gr.Error("Choose a structure and click on it first.")
+        mask = np.asarray(Image.open(mask_path)) > 0
+        existing = ws.mask(name, structure)
+        ws.set_mask(name, structure, mask if existing is None else existing | mask)
+        editor, review, preview = self.show_template(name, token)
+        return [], None, editor, review, preview, f"{structure}: clicked mask accepted."
 
     def download_templates(self, token: str) -> str:
         try:
@@ -360,6 +390,28 @@ class SamPalApp:
         return "Adapter uploaded; choose 'uploaded' when segmenting."
 
 
+def _wait(backend: Backend, job_id: str, timeout: float = 600.0) -> JobStatus:
+    """Block until a short job ends (a click's mask); long jobs are polled by the page instead."""
+    deadline = time.monotonic() + timeout
+    while not (status := backend.status(job_id)).finished and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return status
+
+
+def _with_points(image: np.ndarray, points: list, scale: float) -> np.ndarray:
+    """The click image at editor size with green (inside) and red (outside) dots."""
+    from PIL import ImageDraw
+
+    shown = Image.fromarray(editor_image(image))
+    draw = ImageDraw.Draw(shown)
+    radius = max(3, shown.width // 150)
+    for x, y, label in points:
+        cx, cy = x / scale, y / scale
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius),
+                     fill=(0, 200, 0) if label else (220, 0, 0), outline=(255, 255, 255))
+    return np.asarray(shown)
+
+
 def _quality(structure: dict) -> float:
     """The number a reviewer sorts by: the round-trip IoU where there is one, else the score."""
     value = (structure.get("qc") or {}).get("round_trip_iou")
@@ -422,12 +474,23 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
                                             layers=gr.LayerOptions(layers=["structure"], allow_additional_layers=False))
                     with gr.Row():
                         save = gr.Button("Save masks", variant="primary", elem_id="save-masks")
-                        clear_structure = gr.Radio(label="Structure", choices=[])
+                        structure_choice = gr.Radio(label="Structure", choices=[])
                         clear = gr.Button("Clear this structure's mask")
             template_note = gr.Markdown(elem_id="template-note")
             review = gr.Gallery(label="Review: each structure's mask as the server received it", columns=4, height=320,
                                 object_fit="contain", elem_id="review")
-            template_preview = gr.Image(visible=False)
+            with gr.Accordion("Or click points on a structure for a SAM2 mask", open=False):
+                with gr.Row():
+                    template_preview = gr.Image(label="Click inside (or outside) the structure", interactive=False,
+                                                elem_id="click-image", scale=3)
+                    with gr.Column(scale=1):
+                        point_kind = gr.Radio(label="Click adds a point", value="inside (positive)",
+                                              choices=["inside (positive)", "outside (negative)"])
+                        point_note = gr.Markdown()
+                        accept_points = gr.Button("Accept into the selected structure")
+                        reset_points = gr.Button("Clear points")
+            points = gr.State([])
+            point_mask = gr.State(None)
             download_templates = gr.DownloadButton("Download template set (COCO)")
         with gr.Tab("2. Fine-tune (optional)"):
             specimen_files_t = gr.File(label="Specimen photos (or a zip)", file_count="multiple")
@@ -478,7 +541,7 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
         app.load(ui.attach, inputs=[token], outputs=[token, structures, template_choice, editor, specimen_note],
                  api_visibility="private")
         template_files.upload(ui.upload_templates, [template_files, token], [template_choice], api_visibility="private")
-        apply.click(ui.apply_structures, [structures, token], [editor, clear_structure], api_visibility="private").then(
+        apply.click(ui.apply_structures, [structures, token], [editor, structure_choice], api_visibility="private").then(
             ui.show_template, [template_choice, token], [editor, review, template_preview], api_visibility="private")
         import_button.click(ui.import_coco, [coco_file, coco_images, token],
                             [structures, template_choice, editor, template_note], api_visibility="private").then(
@@ -486,8 +549,15 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
         template_choice.change(ui.show_template, [template_choice, token], [editor, review, template_preview],
                                api_visibility="private")
         save.click(ui.save_masks, [editor, template_choice, token], [review, template_note], api_visibility="private")
-        clear.click(ui.clear_mask, [template_choice, clear_structure, token], [editor, review, template_preview],
+        clear.click(ui.clear_mask, [template_choice, structure_choice, token], [editor, review, template_preview],
                     api_visibility="private")
+        template_preview.select(ui.click_point, [points, point_kind, template_choice, token],
+                                [points, point_mask, template_preview, point_note], api_visibility="private")
+        accept_points.click(ui.accept_points, [point_mask, template_choice, structure_choice, token],
+                            [points, point_mask, editor, review, template_preview, point_note], api_visibility="private")
+        reset_points.click(lambda name, t: ([], None, *ui.show_template(name, t)[2:], "points cleared"),
+                           [template_choice, token], [points, point_mask, template_preview, point_note],
+                           api_visibility="private")
         download_templates.click(ui.download_templates, [token], [download_templates], api_visibility="private")
         for files, note in ((specimen_files, specimen_note), (specimen_files_t, specimen_note_t)):
             files.upload(ui.upload_specimens, [files, token], [note], api_visibility="private")
