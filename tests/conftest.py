@@ -47,3 +47,22 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "sam2.1_tiny_random.pt"
     torch.save({"model": load_model("random:tiny", IMAGE_SIZE, "cpu").sam.state_dict()}, path)
     return path
+
+
+@pytest.fixture
+def app_server(tmp_path):
+    """The web app on 127.0.0.1 (random:tiny, 256 px, local worker backend), stopped afterwards."""
+    from backends.local import LocalBackend
+    from sam2pal.ui.app import AppConfig, build_app
+    from sam2pal.ui.workspace import Workspaces
+
+    backend = LocalBackend()
+    workspaces = Workspaces(tmp_path / "sessions")
+    app = build_app(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), backend, workspaces)
+    app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
+                       allowed_paths=[str(workspaces.root)])
+    try:
+        yield app
+    finally:
+        app.close()
+        backend.close()

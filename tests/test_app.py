@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 
 from backends.local import LocalBackend
 from sam2pal.errors import SamPalError
-from sam2pal.ui.app import AppConfig, SamPalApp, build_app
+from sam2pal.ui.app import AppConfig, SamPalApp
 from sam2pal.ui.editing import EDITOR_MAX_SIDE, editor_image, layer_masks
 from sam2pal.ui.workspace import Limits, Workspaces, extract_zip
 
@@ -30,20 +30,8 @@ def backend():
     local.close()
 
 
-@pytest.fixture
-def server(backend, tmp_path):
-    workspaces = Workspaces(tmp_path / "sessions")
-    app = build_app(CONFIG, backend, workspaces)
-    app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                       allowed_paths=[str(workspaces.root)])
-    try:
-        yield app
-    finally:
-        app.close()
-
-
-def test_api_trains_then_predicts_and_the_coco_file_loads(server, collection):
-    client = Client(server.local_url, verbose=False)
+def test_api_trains_then_predicts_and_the_coco_file_loads(app_server, collection):
+    client = Client(app_server.local_url, verbose=False)
     templates = handle_file(str(collection / "templates.json"))
     images = [handle_file(str(collection / f"template_{i}.png")) for i in range(2)]
     specimens = [handle_file(str(p)) for p in sorted((collection / "specimens").iterdir())]
@@ -60,8 +48,8 @@ def test_api_trains_then_predicts_and_the_coco_file_loads(server, collection):
     assert "predictions.json" in zipfile.ZipFile(zip_path).namelist()
 
 
-def test_job_endpoints_for_the_remote_backend(server, collection):
-    client = Client(server.local_url, verbose=False)
+def test_job_endpoints_for_the_remote_backend(app_server, collection):
+    client = Client(app_server.local_url, verbose=False)
     job_id = client.predict("predict", handle_file(str(collection / "templates.json")),
                             [handle_file(str(collection / f"template_{i}.png")) for i in range(2)],
                             [handle_file(str(sorted((collection / "specimens").iterdir())[0]))], "{}",

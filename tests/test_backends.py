@@ -104,28 +104,17 @@ def test_apply_event_tracks_progress():
     assert status.progress == 0.25 and status.message == "1/4 images"
 
 
-def test_remote_backend_runs_a_job_on_another_server(collection, tmp_path):
+def test_remote_backend_runs_a_job_on_another_server(app_server, collection, tmp_path):
     from backends.remote import RemoteBackend
-    from sam2pal.ui.app import AppConfig, build_app
-    from sam2pal.ui.workspace import Workspaces
 
-    server_backend = LocalBackend()
-    workspaces = Workspaces(tmp_path / "server")
-    server = build_app(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), server_backend, workspaces)
-    server.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                          allowed_paths=[str(workspaces.root)])
-    try:
-        remote = RemoteBackend(server.local_url)
-        job_id = remote.start(_spec(collection, tmp_path / "client"))
-        status = _wait(remote, job_id)
-        assert status.state == "done", status.error
-        report = json.loads(open(status.files["report"]).read())
-        assert report["n_ok"] == 3
-        assert str(tmp_path / "client") in status.files["predictions"]  # downloaded next to the spec
-        assert len(list((tmp_path / "client" / "predict" / "out" / "masks").iterdir())) == 9
-    finally:
-        server.close()
-        server_backend.close()
+    remote = RemoteBackend(app_server.local_url)
+    job_id = remote.start(_spec(collection, tmp_path / "client"))
+    status = _wait(remote, job_id)
+    assert status.state == "done", status.error
+    report = json.loads(open(status.files["report"]).read())
+    assert report["n_ok"] == 3
+    assert str(tmp_path / "client") in status.files["predictions"]  # downloaded next to the spec
+    assert len(list((tmp_path / "client" / "predict" / "out" / "masks").iterdir())) == 9
 
 
 def test_remote_backend_needs_an_address():

@@ -12,12 +12,7 @@ from pathlib import Path
 import pytest
 from pycocotools.coco import COCO
 
-from backends.local import LocalBackend
 from sam2pal.synthetic import write_collection
-from sam2pal.ui.app import AppConfig, build_app
-from sam2pal.ui.workspace import Workspaces
-
-from conftest import IMAGE_SIZE
 
 CHROMIUM = "/usr/lib/chromium/chromium"
 FLAGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -26,46 +21,22 @@ FLAGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-background-networ
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
 
 
-@pytest.fixture
-def server(tmp_path):
-    backend = LocalBackend()
-    workspaces = Workspaces(tmp_path / "sessions")
-    app = build_app(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), backend, workspaces)
-    app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                       allowed_paths=[str(workspaces.root)])
-    try:
-        yield app
-    finally:
-        app.close()
-        backend.close()
-
-
-def _stroke(page, layer: str, fx: float, fy: float) -> None:
-    """Pick a layer in the editor's layer panel and draw a short stroke at a fraction of the canvas."""
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
-
-    item = page.locator(f"#editor [aria-label='{layer}']")
-    for _ in range(4):  # the panel toggles, and may still be closing from the last pick
-        if item.is_visible():
-            break
-        page.locator("#editor button[aria-label='Show Layers']").click()
-        try:
-            item.wait_for(state="visible", timeout=3000)
-        except PlaywrightTimeout:
-            continue
-    item.click()
-    page.wait_for_timeout(700)
+def _stroke(page, fx: float, fy: float) -> None:
+    """Draw a short stroke on the active layer at a fraction of the canvas, slowly enough for a
+    software-rendered canvas on a busy machine to register every move."""
     box = page.locator("#editor canvas").first.bounding_box()
     x, y = box["x"] + box["width"] * fx, box["y"] + box["height"] * fy
     page.mouse.move(x, y)
+    page.wait_for_timeout(200)
     page.mouse.down()
-    for i in range(1, 6):
-        page.mouse.move(x + 6 * i, y + 2 * i, steps=3)
+    for i in range(1, 8):
+        page.mouse.move(x + 5 * i, y + 2 * i, steps=4)
+        page.wait_for_timeout(60)
     page.mouse.up()
-    page.wait_for_timeout(500)
+    page.wait_for_timeout(800)
 
 
-def test_draw_review_segment_and_download_in_a_browser(server, tmp_path):
+def test_draw_review_segment_and_download_in_a_browser(app_server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("SAM2PAL_SCREENSHOTS", tmp_path / "screenshots"))
@@ -77,14 +48,20 @@ def test_draw_review_segment_and_download_in_a_browser(server, tmp_path):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(server.local_url)
+        page.goto(app_server.local_url)
+        page.wait_for_function("document.querySelector('#template-note')?.innerText.includes('Session ready')",
+                               timeout=60_000)  # the page has attached to its workspace
         page.locator("#template-files input[type=file]").set_input_files(str(collection / "template_0.png"))
         page.locator("#structures textarea").fill("head")
         page.wait_for_timeout(1500)
         page.locator("#apply-structures").click()
         page.wait_for_selector("#editor canvas")
-        page.wait_for_timeout(2500)  # let the editor finish loading the background before drawing
-        _stroke(page, "layer-1", 0.45, 0.35)
+        for _ in range(2):  # apply, then reload the template: each covers the editor while pending
+            page.wait_for_timeout(1000)
+            page.wait_for_function("!document.querySelector('#editor [data-testid=status-tracker]:not(.hide)')",
+                                   timeout=60_000)
+        page.wait_for_timeout(1500)  # let the editor finish drawing the background
+        _stroke(page, 0.45, 0.35)  # the first layer ("head") is the active one
         page.screenshot(path=str(shots / "0_drawn.png"), full_page=True)
         page.locator("#save-masks").click()
         page.wait_for_function(

@@ -74,8 +74,9 @@ class SamPalApp:
         """On page load: the same workspace and jobs as before the reload, or a new workspace."""
         token, ws = self.workspaces.get(token)
         names = ws.template_names()
+        ready = f"Session ready: {len(names)} template images, {len(ws.specimens())} specimen images."
         return (token, "\n".join(ws.structures), gr.Dropdown(choices=names, value=names[0] if names else None),
-                _editor(ws.structures), self._specimen_note(ws))
+                _editor(ws.structures), self._specimen_note(ws), ready)
 
     # --- templates --------------------------------------------------------------------------
 
@@ -538,7 +539,7 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
             zip_out = gr.File(label="Everything (masks, overlays, report, COCO)")
         timer = gr.Timer(1.0)
 
-        app.load(ui.attach, inputs=[token], outputs=[token, structures, template_choice, editor, specimen_note],
+        app.load(ui.attach, inputs=[token], outputs=[token, structures, template_choice, editor, specimen_note, template_note],
                  api_visibility="private")
         template_files.upload(ui.upload_templates, [template_files, token], [template_choice], api_visibility="private")
         apply.click(ui.apply_structures, [structures, token], [editor, structure_choice], api_visibility="private").then(
