@@ -464,6 +464,7 @@ def _run_sam2pal(args, work: Path, checkpoint: Path, data: Path, epochs: int, pe
             "--device", args.device, "--epochs", str(epochs), "--steps-per-epoch", str(per_epoch), "--quiet"]
     _log("sam2pal: python -m sam2pal.cli " + " ".join(argv))
     timings_path = work / "timings_sam2pal.json"
+    timings_path.unlink(missing_ok=True)
     run = run_measured(_child_command("sam2pal", timings_path, argv), work / "sam2pal.log", env, work)
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     row = summarize(run, timings, parse_sam2pal_outputs(out), args.structures)
@@ -482,6 +483,7 @@ def _run_script(args, work: Path, script: Path, checkpoint: Path, data: Path, ep
             "--num_epochs", str(epochs), "--max_images_per_epoch", str(per_epoch), *SCRIPT_EXTRA]
     _log(f"script: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 python {script.name} " + " ".join(argv))
     timings_path = work / "timings_script.json"
+    timings_path.unlink(missing_ok=True)
     script_env = {**env, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
     run = run_measured(_child_command("script", timings_path, [str(script), *argv]), work / "script.log",
                        script_env, work)
@@ -491,6 +493,9 @@ def _run_script(args, work: Path, script: Path, checkpoint: Path, data: Path, ep
     if parsed["failed_steps"]:
         row["ok"] = False
         _log("script: training steps failed (the script logs and skips them): " + "; ".join(parsed["failed_steps"][:3]))
+    if run["rc"] == 0 and parsed["images_ok"] != args.specimens:
+        row["ok"] = False
+        _log(f"script: predicted {parsed['images_ok']} of {args.specimens} specimens")
     if parsed["template_masks"] != args.structures:
         _log(f"script: WARNING it loaded {parsed['template_masks']} template masks, expected {args.structures}")
     _log(f"script: exit {run['rc']} after {run['wall_s']:.0f} s")
@@ -504,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     epochs, per_epoch = split_steps(args.steps, args.specimens)
+    if args.device == "cuda" and subprocess.run(
+        [sys.executable, "-c", "import sys, torch; sys.exit(not torch.cuda.is_available())"]).returncode:
+        # the script would silently fall back to the CPU and compare unlike with unlike
+        print("error: --device cuda but torch sees no CUDA GPU here", file=sys.stderr)
+        return 2
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         work = args.keep.resolve()
@@ -552,8 +562,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.image_size} px, device {args.device}, {os.cpu_count()} CPU cores, {_torch_threads()}")
     print(f"synthetic collection: 1 template with {args.structures} structures, {args.specimens} specimens "
           f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}; {args.steps} training steps each ({epochs} epoch(s) x {per_epoch})")
-    print(f"script: {' '.join(SCRIPT_RECIPE)} {' '.join(SCRIPT_EXTRA)} (full fine-tune of decoder, prompt "
-          "encoder, memory encoder/attention, its default); sam2pal: run --finetune (LoRA, its default)")
+    if not args.sam2pal_only:
+        print(f"script: {' '.join(SCRIPT_RECIPE)} {' '.join(SCRIPT_EXTRA)} (full fine-tune of decoder, prompt "
+              "encoder, memory encoder/attention, its default); sam2pal: run --finetune (LoRA, its default)")
     print()
     print(format_table(sam2pal_row, script_row))
     print()
