@@ -22,6 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=env("SAM2PAL_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env("SAM2PAL_PORT", "7860")))
     parser.add_argument("--model", default=env("SAM2PAL_MODEL", AppConfig.model))
+    parser.add_argument("--models", default=env("SAM2PAL_MODELS", ""),
+                        help="comma-separated models users may pick per run, besides --model (e.g. tiny,small,large)")
     parser.add_argument("--image-size", type=int, default=int(env("SAM2PAL_IMAGE_SIZE", str(AppConfig.image_size))))
     parser.add_argument("--device", default=env("SAM2PAL_DEVICE", AppConfig.device))
     parser.add_argument("--backend", default=env("SAM2PAL_BACKEND", "local"), help="local, zerogpu, remote or a plugin")
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     options = {"url": args.remote_url} if args.backend == "remote" else {}
     config = AppConfig(model=args.model, image_size=args.image_size, device=args.device,
+                       models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
                        limits=Limits(max_images=args.max_images), max_file_size=args.max_file_size)
     workspaces = Workspaces()
     app = build_app(config, get_backend(args.backend, **options), workspaces)

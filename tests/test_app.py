@@ -144,3 +144,27 @@ def test_clicks_give_a_sam2_mask_that_is_accepted_into_a_structure(backend, tmp_
     assert points == [] and mask_path is None
     stored = ws.mask("template_0.png", "head")
     assert (stored is None and not clicked.any()) or np.array_equal(stored, clicked)
+
+
+def test_the_model_is_picked_per_run_among_those_the_server_offers(tmp_path, collection):
+    import gradio as gr
+
+    class Recorder:
+        def __init__(self):
+            self.specs = []
+
+        def start(self, spec):
+            self.specs.append(spec)
+            return spec.job_id
+
+    recorder = Recorder()
+    config = AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu", models=("random:small",))
+    ui = SamPalApp(config, recorder, Workspaces(tmp_path))
+    token, ws = ui.workspaces.get(None)
+    ws.import_coco(str(collection / "templates.json"), [str(collection / "template_0.png"), str(collection / "template_1.png")])
+    ws.add_specimens([str(p) for p in (collection / "specimens").iterdir()], Limits())
+    assert ui.choices == ["random:tiny", "random:small"]
+    ui.start_prediction("none", "none", "256", "random:small", token)
+    assert recorder.specs[-1].model == "random:small" and recorder.specs[-1].kind == "predict"
+    with pytest.raises(gr.Error, match="not offered"):
+        ui.start_training(1, "lora", None, "256", "facebook/sam2.1-hiera-large", token)

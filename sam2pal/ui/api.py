@@ -68,9 +68,9 @@ def register_api(ui) -> None:
 
     def submit_job(kind: str, templates: FileData, template_images: list[FileData], specimens: list[FileData],
                    params: str = "{}") -> str:
-        """Start a job without waiting; `params` is JSON with JobSpec fields (image_size, train, …). Returns its id."""
+        """Start a job without waiting; `params` is JSON with JobSpec fields (image_size, model, train, …). Returns its id."""
         ws = _prepare(templates, template_images, specimens)
-        extra = {k: v for k, v in json.loads(params or "{}").items() if k in ("image_size", "orientation", "train", "batch_size")}
+        extra = {k: v for k, v in json.loads(params or "{}").items() if k in ("image_size", "orientation", "train", "batch_size", "model")}
         extra.setdefault("image_size", ui.config.image_size)
         return ui.backend.start(ui._spec(ws, kind, **extra))
 

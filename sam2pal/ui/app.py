@@ -36,6 +36,7 @@ class AppConfig:
     image_size: int = 1024
     device: str = "auto"
     batch_size: int = 4
+    models: tuple[str, ...] = ()  # what a user may pick per run; `model` is always among them
     limits: Limits = field(default_factory=Limits)
     max_file_size: str = "100mb"
 
@@ -210,20 +211,27 @@ class SamPalApp:
         if not ws.specimens():
             raise gr.Error("Upload specimen photos first.")
         extra.setdefault("batch_size", self.config.batch_size)
+        extra.setdefault("model", self.config.model)
+        if extra["model"] not in self.choices:
+            raise gr.Error(f"model {extra['model']!r} is not offered on this server; pick one of {', '.join(self.choices)}")
         return JobSpec(kind=kind, workdir=str(ws.job_dir()), templates=str(templates), images=str(ws.specimen_dir()),
-                       template_images=str(templates.parent), model=self.config.model, device=self.config.device,
-                       **extra)
+                       template_images=str(templates.parent), device=self.config.device, **extra)
 
-    def start_training(self, epochs: float, mode: str, lr: float | None, image_size: str, token: str) -> str:
+    @property
+    def choices(self) -> list[str]:
+        """Models a user may pick: the server's default first."""
+        return list(dict.fromkeys((self.config.model, *self.config.models)))
+
+    def start_training(self, epochs: float, mode: str, lr: float | None, image_size: str, model: str, token: str) -> str:
         ws = self._ws(token)
         train = {"epochs": int(epochs), "mode": mode}
         if lr:
             train["lr"] = float(lr)
-        job_id = self.backend.start(self._spec(ws, "train", image_size=int(image_size), train=train))
+        job_id = self.backend.start(self._spec(ws, "train", image_size=int(image_size), train=train, model=model))
         ws.remember_job("train", job_id)
         return "Fine-tuning queued…"
 
-    def start_prediction(self, adapter_choice: str, orientation: str, image_size: str, token: str) -> str:
+    def start_prediction(self, adapter_choice: str, orientation: str, image_size: str, model: str, token: str) -> str:
         ws = self._ws(token)
         adapter = None
         if adapter_choice == "fine-tuned here":
@@ -235,7 +243,7 @@ class SamPalApp:
             if not adapter.is_dir():
                 raise gr.Error("Upload an adapter zip first (Fine-tune tab).")
         job_id = self.backend.start(self._spec(ws, "predict", image_size=int(image_size), orientation=orientation,
-                                               adapter=str(adapter) if adapter else None))
+                                               adapter=str(adapter) if adapter else None, model=model))
         ws.remember_job("predict", job_id)
         return "Segmentation queued…"
 
@@ -501,6 +509,7 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
                 mode = gr.Radio(label="Mode", choices=["lora", "decoder", "full"], value="lora")
                 lr = gr.Number(label="Learning rate (empty: default for the mode)", value=None)
                 train_size = gr.Dropdown(label="Image size", choices=["256", "512", "768", "1024"], value=str(config.image_size))
+                train_model = gr.Dropdown(label="Model", choices=ui.choices, value=config.model)
             with gr.Row():
                 start_train = gr.Button("Start fine-tuning", variant="primary")
                 cancel_train = gr.Button("Cancel")
@@ -517,6 +526,8 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
                 adapter_choice = gr.Radio(label="Adapter", choices=["none", "fine-tuned here", "uploaded"], value="none")
                 orientation = gr.Dropdown(label="Orientation search", choices=["none", "rot4", "rot4flip"], value="none")
                 predict_size = gr.Dropdown(label="Image size", choices=["256", "512", "768", "1024"], value=str(config.image_size))
+                predict_model = gr.Dropdown(label="Model (an adapter only fits the model it was trained on)",
+                                            choices=ui.choices, value=config.model)
                 clear_specimens = gr.Button("Remove all specimens")
             with gr.Row():
                 start_predict = gr.Button("Segment collection", variant="primary", elem_id="segment")
@@ -563,10 +574,10 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
         for files, note in ((specimen_files, specimen_note), (specimen_files_t, specimen_note_t)):
             files.upload(ui.upload_specimens, [files, token], [note], api_visibility="private")
         clear_specimens.click(ui.clear_specimens, [token], [specimen_note], api_visibility="private")
-        start_train.click(ui.start_training, [epochs, mode, lr, train_size, token], [train_status], api_visibility="private")
+        start_train.click(ui.start_training, [epochs, mode, lr, train_size, train_model, token], [train_status], api_visibility="private")
         cancel_train.click(lambda t: ui.cancel("train", t), [token], [train_status], api_visibility="private")
         adapter_upload.upload(ui.upload_adapter, [adapter_upload, token], [adapter_note], api_visibility="private")
-        start_predict.click(ui.start_prediction, [adapter_choice, orientation, predict_size, token], [predict_status],
+        start_predict.click(ui.start_prediction, [adapter_choice, orientation, predict_size, predict_model, token], [predict_status],
                             api_visibility="private")
         cancel_predict.click(lambda t: ui.cancel("predict", t), [token], [predict_status], api_visibility="private")
         timer.tick(ui.training_view, [token], [train_status, loss_plot, validation, adapter_file],
