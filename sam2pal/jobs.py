@@ -72,7 +72,8 @@ class JobStatus:
         return self.state in ("done", "failed", "cancelled")
 
 
-def _zip_folder(folder: Path, archive: Path) -> Path:
+def zip_folder(folder: Path, archive: Path) -> Path:
+    """Every file under `folder` (hidden files and folders left out) into `archive`, atomically."""
     tmp = archive.with_suffix(".zip.tmp")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as bundle:
         for path in sorted(folder.rglob("*")):
@@ -107,7 +108,7 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
         if should_stop():
             raise JobCancelled()
         emit({"type": "message", "message": f"kept epoch {result.best_epoch}"})
-        return {"adapter": str(adapter_dir), "adapter_zip": str(_zip_folder(adapter_dir, workdir / "adapter.zip"))}
+        return {"adapter": str(adapter_dir), "adapter_zip": str(zip_folder(adapter_dir, workdir / "adapter.zip"))}
 
     out = workdir / "out"
 
@@ -124,7 +125,7 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
         "report": str(out / "report.json"),
         "overlays": str(out / "overlays"),
         "masks": str(out / "masks"),
-        "results_zip": str(_zip_folder(out, workdir / "results.zip")),
+        "results_zip": str(zip_folder(out, workdir / "results.zip")),
     }
 
 

@@ -22,7 +22,7 @@ from sam2pal.errors import SamPalError
 from sam2pal.io.images import load_image
 from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
 from sam2pal.io.outputs import STRUCTURE_COLORS, atomic_save_image, atomic_write_json
-from sam2pal.jobs import JobSpec, JobStatus
+from sam2pal.jobs import JobSpec, JobStatus, zip_folder
 from sam2pal.ui.api import register_api
 from sam2pal.ui.editing import corrected, editor_image, layer_masks, overview, review_items, tinted
 from sam2pal.ui.workspace import Limits, Workspace, Workspaces
@@ -372,12 +372,7 @@ class SamPalApp:
         coco = COCO(str(predictions))  # refuse to offer a file other tools could not read
         for annotation in coco.loadAnns(coco.getAnnIds()):
             coco.annToMask(annotation)
-        out = predictions.parent
-        archive = out.parent / "sam2pal_results.zip"
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as bundle:
-            for path in sorted(out.rglob("*")):
-                if path.is_file() and not any(part.startswith(".") for part in path.relative_to(out).parts):
-                    bundle.write(path, path.relative_to(out))
+        archive = zip_folder(predictions.parent, predictions.parent.parent / "sam2pal_results.zip")
         return str(predictions), str(archive)
 
     def upload_adapter(self, archive: str | None, token: str) -> str:
