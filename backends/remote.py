@@ -41,8 +41,9 @@ class RemoteBackend(Backend):
     def start(self, spec: JobSpec) -> str:
         from gradio_client import handle_file
 
-        images = lambda folder: [handle_file(str(p)) for p in sorted(Path(folder).iterdir())  # noqa: E731
-                                 if p.suffix.lower() in IMAGE_EXTENSIONS]
+        def images(folder: str) -> list:
+            return [handle_file(str(p)) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+
         params = json.dumps({k: getattr(spec, k) for k in _PASSED_FIELDS})
         template_folder = spec.template_images or str(Path(spec.templates).parent)
         remote_id = self._client.predict(spec.kind, handle_file(spec.templates), images(template_folder),

@@ -21,7 +21,7 @@ from sam2pal.engine.propagate import Propagator
 from sam2pal.engine.trainer import LOG_NAME, VALIDATION_NAME, TrainConfig, Trainer
 from sam2pal.io.images import list_images, load_image
 from sam2pal.io.templates import load_coco_templates
-from sam2pal.model.build import load_model
+from sam2pal.model.build import config_file, load_model
 from sam2pal.synthetic import write_collection
 
 _SIZE = (640, 480)
@@ -61,7 +61,7 @@ def _video_predictor_timing(model_name: str, image_size: int, device: str, folde
     torch.save({"model": model.sam.state_dict()}, checkpoint)
     side = image_size // 16
     predictor = build_sam2_video_predictor(
-        f"configs/{model.variant.split('-')[0]}/{_config_name(model.variant)}", str(checkpoint), device=str(model.device),
+        config_file(model.variant), str(checkpoint), device=str(model.device),
         hydra_overrides_extra=[
             f"++model.image_size={image_size}",
             f"++model.memory_attention.layer.self_attention.feat_sizes=[{side},{side}]",
@@ -87,12 +87,6 @@ def _video_predictor_timing(model_name: str, image_size: int, device: str, folde
                 pass
     _sync(model.device)
     return len(videos) / (time.perf_counter() - start)
-
-
-def _config_name(variant: str) -> str:
-    from sam2pal.model.build import _VARIANTS
-
-    return Path(_VARIANTS[variant][0]).name
 
 
 def _sync(device: torch.device) -> None:

@@ -99,12 +99,8 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     emit({"type": "message", "message": f"model: {describe(model)}"})
     if spec.kind == "train":
         adapter_dir = workdir / "adapter"
-
-        def progress(event: dict) -> None:
-            emit(event)
-
         result = api.finetune(model, templates, spec.images, adapter_dir, TrainConfig(**spec.train),
-                              progress=progress, should_stop=should_stop)
+                              progress=emit, should_stop=should_stop)
         if should_stop():
             raise JobCancelled()
         emit({"type": "message", "message": f"kept epoch {result.best_epoch}"})

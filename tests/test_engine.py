@@ -12,6 +12,7 @@ from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step
 from sam2pal.engine.propagate import Propagator
 from sam2pal.io.templates import load_coco_templates
 from sam2pal.model.adapters import AdapterConfig, prepare
+from sam2pal.model.build import config_file
 from sam2pal.synthetic import draw_specimen
 
 from conftest import IMAGE_SIZE
@@ -23,7 +24,7 @@ def _video_predictor_logits(checkpoint, folder, masks):
 
     side = IMAGE_SIZE // 16
     predictor = build_sam2_video_predictor(
-        "configs/sam2.1/sam2.1_hiera_t.yaml",
+        config_file("sam2.1-tiny"),
         str(checkpoint),
         device="cpu",
         hydra_overrides_extra=[

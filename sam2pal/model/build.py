@@ -58,6 +58,11 @@ class LoadedModel:
         return torch.autocast(self.device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
+def config_file(variant: str) -> str:
+    """The sam2 package's config for a variant, e.g. configs/sam2.1/sam2.1_hiera_t.yaml."""
+    return _VARIANTS[variant][0]
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """`auto` prefers CUDA, then Apple MPS, then CPU."""
     if device == "auto":
@@ -193,7 +198,7 @@ def build_model(variant: str, image_size: int, state_dict: dict[str, torch.Tenso
     """Instantiate Meta's SAM2Base for `variant` at `image_size`; random init if no state dict."""
     from sam2.build_sam import build_sam2
 
-    config, _ = _VARIANTS[variant]
+    config = config_file(variant)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random:* must be the same model in every process
         sam = build_sam2(config, None, device="cpu", mode="eval", hydra_overrides_extra=_overrides(image_size))
