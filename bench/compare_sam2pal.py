@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="annotated structures on the template (default 3)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="default cpu")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it (default: a temp folder, removed)")
+    parser.add_argument("--no-low-memory", action="store_true",
+                        help="skip the second sam2pal run with --low-memory (its own column otherwise)")
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--sam2pal-only", action="store_true", help="run sam2pal only (debugging)")
     only.add_argument("--script-only", action="store_true", help="run the SAM2-PAL script only (debugging)")
@@ -362,47 +364,57 @@ def _gib(kb: float | None) -> float | None:
     return None if kb is None else kb / 1024**2
 
 
-def format_table(sam2pal: dict | None, script: dict | None) -> str:
+def format_table(sam2pal: dict | None, script: dict | None, low_memory: dict | None = None) -> str:
     """The comparison as aligned text: the three headline rows, then the details they came from.
-    A tool that was not run (None) or failed shows '-'."""
-    a, b = sam2pal or {}, script or {}
-    rows: list[tuple[str, float | int | None, float | int | None, bool, int]] = [
-        # label, sam2pal, script, show ratio, digits
-        ("training s / step / structure", a.get("train_s_per_step_structure"), b.get("train_s_per_step_structure"), True, 2),
-        ("inference s / specimen", a.get("infer_s_per_specimen"), b.get("infer_s_per_specimen"), True, 2),
-        ("peak RSS GiB (whole run)", _gib(a.get("peak_rss_kb")), _gib(b.get("peak_rss_kb")), True, 2),
+    One column per sam2pal configuration, then the script, then script/sam2pal for each. A tool
+    that was not run (None) or failed shows '-'; `low_memory` None leaves its columns out."""
+    ours = [("sam2pal", sam2pal or {})] + ([("--low-memory", low_memory)] if low_memory is not None else [])
+    b = script or {}
+    keyed: list[tuple[str, object, bool, int]] = [
+        # label, key or function of a row, show ratio, digits
+        ("training s / step / structure", "train_s_per_step_structure", True, 2),
+        ("inference s / specimen", "infer_s_per_specimen", True, 2),
+        ("peak RSS GiB (whole run)", lambda r: _gib(r.get("peak_rss_kb")), True, 2),
     ]
-    if a.get("cuda_bytes") is not None or b.get("cuda_bytes") is not None:
-        to_gib = lambda v: None if v is None else v / 1024**3  # noqa: E731
-        rows.append(("peak CUDA allocated GiB", to_gib(a.get("cuda_bytes")), to_gib(b.get("cuda_bytes")), True, 2))
+    if any(r.get("cuda_bytes") is not None for _, r in ours) or b.get("cuda_bytes") is not None:
+        keyed.append(("peak CUDA allocated GiB", lambda r: None if r.get("cuda_bytes") is None else r["cuda_bytes"] / 1024**3, True, 2))
     details = [
-        ("structures trained per step", a.get("structures_per_step"), b.get("structures_per_step"), False, 0),
-        ("training steps run", a.get("steps"), b.get("steps"), False, 0),
-        ("training s / step (loop wall / steps)", a.get("train_s_per_step"), b.get("train_s_per_step"), True, 2),
-        ("  sam2pal step compute only (train_log)", a.get("step_compute_s"), None, False, 2),
-        ("training loop s", a.get("train_loop_s"), b.get("train_loop_s"), True, 1),
-        ("training phase s (setup, loop, saves)", a.get("train_phase_s"), b.get("train_phase_s"), True, 1),
-        ("specimens predicted", a.get("images_ok"), b.get("images_ok"), False, 0),
-        ("inference phase s", a.get("inference_phase_s"), b.get("inference_phase_s"), True, 1),
-        ("training phase CPU s (all threads)", a.get("train_phase_cpu_s"), b.get("train_phase_cpu_s"), True, 1),
-        ("inference phase CPU s (all threads)", a.get("inference_phase_cpu_s"), b.get("inference_phase_cpu_s"), True, 1),
-        ("model load s", a.get("model_load_s"), b.get("model_load_s"), True, 1),
-        ("peak RSS GiB by end of training", _gib(a.get("train_rss_kb")), _gib(b.get("train_rss_kb")), True, 2),
-        ("child process wall s", a.get("wall_s"), b.get("wall_s"), True, 1),
-        ("child process CPU s (user+sys)", a.get("cpu_s"), b.get("cpu_s"), True, 1),
+        ("structures trained per step", "structures_per_step", False, 0),
+        ("training steps run", "steps", False, 0),
+        ("training s / step (loop wall / steps)", "train_s_per_step", True, 2),
+        ("  sam2pal step compute only (train_log)", "step_compute_s", False, 2),
+        ("training loop s", "train_loop_s", True, 1),
+        ("training phase s (setup, loop, saves)", "train_phase_s", True, 1),
+        ("specimens predicted", "images_ok", False, 0),
+        ("inference phase s", "inference_phase_s", True, 1),
+        ("training phase CPU s (all threads)", "train_phase_cpu_s", True, 1),
+        ("inference phase CPU s (all threads)", "inference_phase_cpu_s", True, 1),
+        ("model load s", "model_load_s", True, 1),
+        ("peak RSS GiB by end of training", lambda r: _gib(r.get("train_rss_kb")), True, 2),
+        ("child process wall s", "wall_s", True, 1),
+        ("child process CPU s (user+sys)", "cpu_s", True, 1),
     ]
-    label_width = max(len(r[0]) for r in rows + details)
-    header = f"{'':<{label_width}}  {'sam2pal':>10}  {SCRIPT_NAME:>13}  {'script/sam2pal':>14}"
+    label_width = max(len(r[0]) for r in keyed + details)
+    names = [name for name, _ in ours]
+    header = (f"{'':<{label_width}}  " + "  ".join(f"{n:>12}" for n in names) + f"  {SCRIPT_NAME:>13}  "
+              + "  ".join(f"{'script/' + n.strip('-'):>17}" for n in names))
     lines = [header, "-" * len(header)]
 
-    def line(label, left, right, show_ratio, digits):
-        r = _fmt(ratio(right, left), 2) + "x" if show_ratio and ratio(right, left) is not None else ("-" if show_ratio else "")
-        return f"{label:<{label_width}}  {_fmt(left, digits):>10}  {_fmt(right, digits):>13}  {r:>14}"
+    def line(label, key, show_ratio, digits):
+        get = key if callable(key) else (lambda r: r.get(key))
+        script_value = None if key == "step_compute_s" else get(b)
+        values = [get(r) for _, r in ours]
+        cells = [f"{_fmt(v, digits):>12}" for v in values] + [f"{_fmt(script_value, digits):>13}"]
+        for v in values:
+            r = ratio(script_value, v) if show_ratio else None
+            text = "" if not show_ratio else "-" if r is None else _fmt(r, 2) + "x"
+            cells.append(f"{text:>17}")
+        return f"{label:<{label_width}}  " + "  ".join(cells)
 
-    lines += [line(*r) for r in rows]
+    lines += [line(*r) for r in keyed]
     lines.append("-" * len(header))
     lines += [line(*r) for r in details]
-    loads = [f"{name} {row['load'][0]:.1f} -> {row['load'][1]:.1f}" for name, row in (("sam2pal", a), ("script", b))
+    loads = [f"{name} {row['load'][0]:.1f} -> {row['load'][1]:.1f}" for name, row in ours + [("script", b)]
              if row.get("load")]
     if loads:
         lines.append("1-min load average before -> after each tool (above ~the core count, other processes "
@@ -456,19 +468,21 @@ def _child_command(mode: str, timings: Path, argv: list[str]) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child", mode, str(timings), "--", *argv]
 
 
-def _run_sam2pal(args, work: Path, checkpoint: Path, data: Path, epochs: int, per_epoch: int, env: dict) -> dict:
-    out = work / "out_sam2pal"
+def _run_sam2pal(args, work: Path, checkpoint: Path, data: Path, epochs: int, per_epoch: int, env: dict,
+                 extra: tuple[str, ...] = ()) -> dict:
+    name = "sam2pal" + "".join(extra).replace("-", "_")
+    out = work / f"out_{name}"
     shutil.rmtree(out, ignore_errors=True)
-    argv = ["run", "--templates", str(data / "templates.json"), "--images", str(data / "specimens"),
+    argv = ["run", *extra, "--templates", str(data / "templates.json"), "--images", str(data / "specimens"),
             "--out", str(out), "--finetune", "--model", str(checkpoint), "--image-size", str(args.image_size),
             "--device", args.device, "--epochs", str(epochs), "--steps-per-epoch", str(per_epoch), "--quiet"]
     _log("sam2pal: python -m sam2pal.cli " + " ".join(argv))
-    timings_path = work / "timings_sam2pal.json"
+    timings_path = work / f"timings_{name}.json"
     timings_path.unlink(missing_ok=True)
-    run = run_measured(_child_command("sam2pal", timings_path, argv), work / "sam2pal.log", env, work)
+    run = run_measured(_child_command("sam2pal", timings_path, argv), work / f"{name}.log", env, work)
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     row = summarize(run, timings, parse_sam2pal_outputs(out), args.structures)
-    _log(f"sam2pal: exit {run['rc']} after {run['wall_s']:.0f} s")
+    _log(f"{name}: exit {run['rc']} after {run['wall_s']:.0f} s")
     return row
 
 
@@ -522,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     notes: list[str] = []
-    sam2pal_row = script_row = None
+    sam2pal_row = script_row = low_memory_row = None
     try:
         _log(f"work folder {work}")
         script = None
@@ -549,6 +563,10 @@ def main(argv: list[str] | None = None) -> int:
             sam2pal_row = _run_sam2pal(args, work, checkpoint, data, epochs, per_epoch, env)
             if not sam2pal_row["ok"]:
                 print(_tail(work / "sam2pal.log"))
+            if not args.no_low_memory:
+                low_memory_row = _run_sam2pal(args, work, checkpoint, data, epochs, per_epoch, env, ("--low-memory",))
+                if not low_memory_row["ok"]:
+                    print(_tail(work / "sam2pal__low_memory.log"))
         if script is not None:
             script_row = _run_script(args, work, script, checkpoint, data, epochs, per_epoch, env)
             if not script_row["ok"]:
@@ -566,14 +584,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"script: {' '.join(SCRIPT_RECIPE)} {' '.join(SCRIPT_EXTRA)} (full fine-tune of decoder, prompt "
               "encoder, memory encoder/attention, its default); sam2pal: run --finetune (LoRA, its default)")
     print()
-    print(format_table(sam2pal_row, script_row))
+    print(format_table(sam2pal_row, script_row, low_memory_row))
     print()
     print(HOW_MEASURED.format(k=args.structures))
     for note in notes:
         print(f"  note: {note}")
     if args.keep is not None:
         print(f"  logs and outputs kept in {work}")
-    failed = [name for name, row in (("sam2pal", sam2pal_row), ("script", script_row)) if row is not None and not row["ok"]]
+    rows = (("sam2pal", sam2pal_row), ("sam2pal --low-memory", low_memory_row), ("script", script_row))
+    failed = [name for name, row in rows if row is not None and not row["ok"]]
     if failed:
         print(f"FAILED: {', '.join(failed)} (see the log tail above)")
         return 1

@@ -66,6 +66,12 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group.add_argument("--lora-encoder", action="store_true", help="also put LoRA on the image encoder (no feature cache)")
     group.add_argument("--cycle-memory", choices=("tracked", "mask"), default="tracked",
                        help="how the phase-1 prediction becomes phase-2 memory (default tracked)")
+    group.add_argument("--structures-per-pass", type=int, metavar="N",
+                       help="structures per forward/backward pass; fewer = less memory, same result "
+                            "(default: all on a GPU, 1 on CPU)")
+    group.add_argument("--low-memory", action="store_true",
+                       help="lowest peak RAM: one structure per pass and freed memory returned to the "
+                            "system at once (~30%% slower steps on CPU)")
     group.add_argument("--no-augment", action="store_true", help="do not move x1 relative to x0 (not recommended)")
     group.add_argument("--seed", type=int, default=0)
 
@@ -197,6 +203,8 @@ def _train_config(args: argparse.Namespace):
         lora_rank=args.lora_rank,
         lora_encoder=args.lora_encoder,
         cycle_memory=args.cycle_memory,
+        structures_per_pass=args.structures_per_pass,
+        low_memory=args.low_memory,
         augment=not args.no_augment,
         seed=args.seed,
     )

@@ -17,7 +17,7 @@ _spec.loader.exec_module(bench)
 def test_defaults_and_flags():
     args = bench.parse_args([])
     assert (args.image_size, args.specimens, args.steps, args.device, args.structures) == (1024, 2, 2, "cpu", 3)
-    assert args.keep is None and not args.sam2pal_only and not args.script_only
+    assert args.keep is None and not args.sam2pal_only and not args.script_only and not args.no_low_memory
     args = bench.parse_args(["--image-size", "512", "--specimens", "4", "--steps", "6", "--keep", "w", "--script-only"])
     assert (args.image_size, args.specimens, args.steps, args.keep, args.script_only) == (512, 4, 6, Path("w"), True)
 
@@ -76,6 +76,12 @@ def test_table_has_ratios_script_over_sam2pal_and_dashes_for_missing():
     assert lines["inference s / specimen"][-3:] == ["1.00", "25.00", "25.00x"]
     assert lines["peak RSS GiB (whole run)"][-3:] == ["1.00", "4.00", "4.00x"]
     assert lines["structures trained per step"][-2:] == ["3", "1"]
+    c = {"train_s_per_step_structure": 4.0, "infer_s_per_specimen": 1.0, "peak_rss_kb": 2 * 1024**2}
+    three = bench.format_table(a, b, c)
+    lines = {line.split("  ")[0].strip(): line.split() for line in three.splitlines() if "  " in line}
+    assert lines["training s / step / structure"][-5:] == ["2.00", "4.00", "20.00", "10.00x", "5.00x"]
+    assert lines["peak RSS GiB (whole run)"][-5:] == ["1.00", "2.00", "4.00", "4.00x", "2.00x"]
+    assert "script/low-memory" in three.splitlines()[0]
     only = bench.format_table(a, None)
     assert only.splitlines()[2].split()[-3:] == ["2.00", "-", "-"]
     assert bench.ratio(1.0, 0.0) is None and bench.ratio(None, 1.0) is None

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
-from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step
+from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step, training_mode
 from sam2pal.engine.propagate import Propagator
 from sam2pal.io.templates import load_coco_templates
 from sam2pal.model.adapters import AdapterConfig, prepare
@@ -87,16 +87,21 @@ def test_template_memory_is_encoded_once(tiny, collection, monkeypatch):
     assert calls == [3, 1]  # one encoder batch per predict call, no template re-encode
 
 
-@pytest.mark.parametrize("cycle_memory", ["tracked", "mask"])
-def test_palindrome_gradients_reach_phase_one_and_only_trainable_weights(tiny, cycle_memory):
-    params = prepare(tiny, AdapterConfig(mode="lora", lora_rank=4))
-    trainable = {id(p) for p in params}
+def _palindrome_inputs(tiny):
+    """Encoder, template frame, its 3 masks, specimen frame: one palindrome's worth of input."""
     encoder = Encoder(tiny)
     template, masks = draw_specimen(160, 120, 3, seed=0)
     specimen, _ = draw_specimen(160, 120, 3, seed=1)
     with torch.no_grad():
         x0, x1 = encoder.encode_images([template]), encoder.encode_images([specimen])
-    y0 = resize_masks(np.stack(list(masks.values())), IMAGE_SIZE)
+    return encoder, x0, resize_masks(np.stack(list(masks.values())), IMAGE_SIZE), x1
+
+
+@pytest.mark.parametrize("cycle_memory", ["tracked", "mask"])
+def test_palindrome_gradients_reach_phase_one_and_only_trainable_weights(tiny, cycle_memory):
+    params = prepare(tiny, AdapterConfig(mode="lora", lora_rank=4))
+    trainable = {id(p) for p in params}
+    encoder, x0, y0, x1 = _palindrome_inputs(tiny)
     tiny.sam.train()
     out = palindrome_step(encoder, x0, y0, x1, cycle_memory)
     out.forward.high_res_logits.retain_grad()
@@ -108,6 +113,23 @@ def test_palindrome_gradients_reach_phase_one_and_only_trainable_weights(tiny, c
     with_grad = [n for n, p in tiny.sam.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert with_grad and all("lora_" in n for n in with_grad)
     assert all(p.grad is None for p in tiny.sam.parameters() if id(p) not in trainable)
+
+
+def test_structures_split_into_passes_give_the_same_gradient(tiny):
+    """The trainer's memory saving on CPU (one structure per backward pass) must not change
+    what is learned: the loss is a sum over independent batch rows."""
+    params = prepare(tiny, AdapterConfig(mode="lora", lora_rank=4))
+    encoder, x0, y0, x1 = _palindrome_inputs(tiny)
+    training_mode(tiny.sam)
+    palindrome_step(encoder, x0, y0, x1).loss.backward()
+    together = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    for row in range(3):
+        palindrome_step(encoder, x0, y0[row : row + 1], x1).loss.backward()
+    assert any(g.abs().sum() > 0 for g in together)
+    for joint, split in zip(together, (p.grad for p in params)):
+        assert torch.allclose(joint, split, rtol=1e-3, atol=1e-6)
 
 
 def test_augment_moves_features_reproducibly():

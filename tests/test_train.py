@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import platform
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -62,6 +65,37 @@ def test_later_epochs_read_the_feature_cache(tiny, collection, tmp_path):
     trainer.run()
     assert len(calls) == 2 + 3  # two templates and three specimens, each encoded once
     assert trainer.cache.hits > 0
+
+
+@pytest.mark.parametrize(
+    ("config", "rows"),
+    [(TrainConfig(epochs=1, steps_per_epoch=1), [1, 1, 1]),  # CPU default: one structure per pass
+     (TrainConfig(epochs=1, steps_per_epoch=1, structures_per_pass=2), [2, 1]),
+     (TrainConfig(epochs=1, steps_per_epoch=1, structures_per_pass=3, low_memory=True), [3])],
+)
+def test_a_step_runs_its_structures_in_passes(tiny, collection, tmp_path, monkeypatch, config, rows):
+    import sam2pal.engine.trainer as trainer_module
+
+    seen, original, released = [], trainer_module.palindrome_step, []
+    monkeypatch.setattr(trainer_module, "palindrome_step", lambda e, x0, y0, *a: seen.append(len(y0)) or original(e, x0, y0, *a))
+    monkeypatch.setattr(trainer_module, "return_freed_memory", lambda: released.append(True) or True)
+    templates = load_templates(collection / "templates.json")
+    Trainer(tiny, templates, list_images(collection / "specimens"), tmp_path / "a", config).run()
+    assert seen == rows
+    assert released == ([True] if config.low_memory else [])
+    step = [e for e in _log(tmp_path / "a") if "step" in e][0]
+    assert set(step["per_structure"]) == {"head", "wing", "eye"}
+    assert step["loss"] >= sum(step["per_structure"].values())  # plus the object-score terms
+
+
+def test_low_memory_returns_freed_memory_on_glibc():
+    # in a child process: the allocator setting lasts for the life of the process
+    code = "from sam2pal.engine.allocator import return_freed_memory; print(return_freed_memory())"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert result.stdout.strip() == str(glibc)
+    with pytest.raises(SamPalError, match="--structures-per-pass"):
+        TrainConfig(structures_per_pass=0)
 
 
 def test_single_template_keeps_the_last_epoch_and_says_so(tiny, collection, tmp_path):

@@ -54,6 +54,16 @@ def augment(frame: Frame, config: AugmentConfig, generator: torch.Generator) -> 
     return Frame(levels)
 
 
+def training_mode(sam: torch.nn.Module) -> None:
+    """SAM2's train-mode paths (soft memories, gradients) without dropout: a cycle signal from a
+    handful of images is noisy enough, and attention dropout pushes CPU attention off its fused
+    kernel (a K=3 step at 512 px took twice as long with it)."""
+    sam.train()
+    for module in sam.modules():
+        if isinstance(module, torch.nn.Dropout) or hasattr(module, "dropout_p"):
+            module.eval()
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-object soft Dice loss, (N,)."""
     prob = torch.sigmoid(logits).flatten(1)
@@ -72,13 +82,16 @@ class StepOutput:
 
 def cycle_loss(prediction: TrackOutput, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dice + BCE per structure on the full-size logits, plus BCE pulling the object score of
-    present structures to "present" (absent ones to "absent") so the inference gate stays right."""
+    present structures to "present" (absent ones to "absent") so the inference gate stays right.
+
+    A sum of per-structure terms: structures are independent batch rows, so the loss of a subset
+    of them, backpropagated separately, adds up to exactly the same gradient."""
     logits = prediction.high_res_logits.float()
     per_structure = dice_loss(logits, target) + F.binary_cross_entropy_with_logits(
         logits, target, reduction="none"
     ).flatten(1).mean(1)
     present = (target.flatten(1).amax(1) > 0).float()[:, None]
-    score_loss = F.binary_cross_entropy_with_logits(prediction.object_score_logits.float(), present)
+    score_loss = F.binary_cross_entropy_with_logits(prediction.object_score_logits.float(), present, reduction="sum")
     return per_structure.sum() + score_loss, per_structure.detach()
 
 

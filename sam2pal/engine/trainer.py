@@ -18,8 +18,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sam2pal.engine.allocator import return_freed_memory
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
-from sam2pal.engine.palindrome import CYCLE_MEMORIES, AugmentConfig, augment, palindrome_step
+from sam2pal.engine.palindrome import CYCLE_MEMORIES, AugmentConfig, augment, palindrome_step, training_mode
 from sam2pal.engine.propagate import full_resolution, segment, template_frame, template_memories
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import load_image
@@ -49,6 +50,8 @@ class TrainConfig:
     cycle_memory: str = "tracked"
     augment: bool = True
     cache_bytes: int = 2 << 30
+    structures_per_pass: int | None = None  # default: all on CUDA, one at a time elsewhere
+    low_memory: bool = False  # one structure per pass everywhere, freed memory returned at once
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -59,6 +62,8 @@ class TrainConfig:
             raise SamPalError(f"--cycle-memory {self.cycle_memory!r}: use one of {', '.join(CYCLE_MEMORIES)}")
         if self.lr is not None and not self.lr > 0:
             raise SamPalError(f"--lr {self.lr} must be positive")
+        if self.structures_per_pass is not None and self.structures_per_pass < 1:
+            raise SamPalError(f"--structures-per-pass {self.structures_per_pass} must be at least 1")
 
 
 
@@ -100,6 +105,9 @@ class Trainer:
         self.progress = progress or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.encoder = Encoder(loaded)
+        if config.low_memory and not return_freed_memory():
+            self.progress({"type": "warning", "message": "--low-memory: this C library cannot return freed "
+                           "memory early; only one structure per pass applies"})
         self.adapter = self._adapter_config(resume)
         self.params = prepare(loaded, self.adapter)
         # a trained encoder changes features every step: nothing can be cached then
@@ -254,15 +262,6 @@ class Trainer:
 
     # --- training ----------------------------------------------------------------------------
 
-    def _train_mode(self) -> None:
-        """SAM2's train-mode paths (soft memories, gradients) without dropout: a cycle signal from
-        a handful of images is noisy enough, and attention dropout pushes CPU attention off its
-        fused kernel (a K=3 step at 512 px took twice as long with it)."""
-        self.loaded.sam.train()
-        for module in self.loaded.sam.modules():
-            if isinstance(module, torch.nn.Dropout) or hasattr(module, "dropout_p"):
-                module.eval()
-
     def _train_step(self, specimen: Path) -> dict | None:
         index = int(torch.randint(len(self.templates.templates), (1,), generator=self.generator))
         x1 = self._specimen_frame(specimen)
@@ -272,11 +271,15 @@ class Trainer:
             x1 = augment(x1, AugmentConfig(), self.generator)
         x0 = self._template_frame(index)
         y0 = resize_masks(self.templates.mask_stack(index), self.loaded.image_size).to(self.loaded.device)
-        self._train_mode()
+        training_mode(self.loaded.sam)
         start = time.perf_counter()
-        output = palindrome_step(self.encoder, x0, y0, x1, self.config.cycle_memory)
         self.optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
+        loss, per_structure = 0.0, []
+        for rows in torch.arange(y0.shape[0]).split(self._structures_per_pass(y0.shape[0])):
+            output = palindrome_step(self.encoder, x0, y0[rows], x1, self.config.cycle_memory)
+            output.loss.backward(retain_graph=self.adapter.trains_encoder)  # x0, x1 graphs are shared
+            loss += float(output.loss.detach())
+            per_structure += output.per_structure.tolist()
         torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -284,13 +287,24 @@ class Trainer:
         return {
             "step": self.step,
             "epoch": self.epoch,
-            "loss": round(float(output.loss.detach()), 6),
-            "per_structure": {n: round(float(v), 6) for n, v in zip(self.templates.structures, output.per_structure)},
+            "loss": round(loss, 6),
+            "per_structure": {n: round(v, 6) for n, v in zip(self.templates.structures, per_structure)},
             "lr": self.scheduler.get_last_lr()[0],
             "seconds": round(time.perf_counter() - start, 4),
             "template": self.templates.templates[index].name,
             "specimen": specimen.name,
         }
+
+    def _structures_per_pass(self, count: int) -> int:
+        """Structures are independent batch rows and the loss is a sum over them, so splitting a
+        step into passes (gradients accumulated) changes nothing but peak memory and speed. On
+        CPU batching gains nothing and each structure held at once costs ~1.3 GB at 1024 px; a
+        GPU runs a full batch faster."""
+        if self.config.structures_per_pass is not None:
+            return self.config.structures_per_pass
+        if self.config.low_memory:
+            return 1
+        return count if self.loaded.device.type == "cuda" else 1
 
     def _epoch_specimens(self) -> list[Path]:
         """A fresh permutation each epoch, so one epoch visits every specimen once (and later

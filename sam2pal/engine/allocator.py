@@ -1,0 +1,28 @@
+"""Process memory: let freed activation buffers leave the resident set at once (glibc only).
+
+glibc keeps freed blocks of a few MB in its heap for reuse; over a palindrome step at 1024 px the
+holes add ~1.7 GB to peak RSS (3.9 vs 2.2 GB measured on CPU). Serving every allocation above
+1 MB with its own mmap returns it on free, at the price of page faults (steps ~30% slower), so it
+is an opt-in (`--low-memory`) for machines where RAM, not time, is short.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+_M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+
+
+def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
+    """Serve allocations above `threshold_bytes` with mmap from now on; False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):  # musl and other libcs
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
