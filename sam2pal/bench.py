@@ -21,7 +21,7 @@ from sam2pal.engine.propagate import Propagator
 from sam2pal.engine.trainer import LOG_NAME, VALIDATION_NAME, TrainConfig, Trainer
 from sam2pal.io.images import list_images, load_image
 from sam2pal.io.templates import load_coco_templates
-from sam2pal.model.build import config_file, load_model
+from sam2pal.model.build import compile_model, config_file, load_model
 from sam2pal.synthetic import write_collection
 
 _SIZE = (640, 480)
@@ -39,11 +39,14 @@ def _train_timing(model_name: str, image_size: int, device: str, folder: Path, s
     return {"step_s": float(np.median(later_steps)), "epoch1_s": epochs[1]["seconds"], "epoch2_s": epochs[2]["seconds"]}
 
 
-def _predict_timing(model_name: str, image_size: int, device: str, folder: Path, count: int, batch: int) -> float:
+def _predict_timing(model_name: str, image_size: int, device: str, folder: Path, count: int, batch: int,
+                    compile: bool = False) -> float:
     model = load_model(model_name, image_size, device)
+    if compile:
+        compile_model(model)
     propagator = Propagator(model, load_coco_templates(folder / "templates.json"))
     images = [load_image(p) for p in list_images(folder / "specimens")[:count]]
-    propagator.predict(images[:1])  # warm-up
+    propagator.predict(images[:batch])  # warm-up (and compilation) at the batch shape timed
     start = time.perf_counter()
     for i in range(0, len(images), batch):
         propagator.predict(images[i : i + batch])
@@ -98,7 +101,8 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _one_size(model_name: str, image_size: int, device: str, specimens: int, steps: int, queue) -> None:
+def _one_size(model_name: str, image_size: int, device: str, specimens: int, steps: int, compile: bool,
+              queue) -> None:
     import os
 
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -110,23 +114,64 @@ def _one_size(model_name: str, image_size: int, device: str, specimens: int, ste
             row[f"train_k{k}"] = _train_timing(model_name, image_size, device, folder, steps)
         folder = Path(tmp) / "k3"
         row["predict_ips"] = _predict_timing(model_name, image_size, device, folder, specimens, batch=4)
+        if compile:
+            row["compiled_ips"] = _predict_timing(model_name, image_size, device, folder, specimens, 4, compile=True)
         row["video_predictor_ips"] = _video_predictor_timing(model_name, image_size, device, folder, specimens)
         row["device"] = str(load_model(model_name, 64, device).device)
         row["peak_rss_mb"] = _peak_rss_mb()
     queue.put(row)
 
 
-def run_bench(model: str, sizes: list[int], device: str, specimens: int, steps: int) -> list[dict]:
+def run_bench(model: str, sizes: list[int], device: str, specimens: int, steps: int,
+              compile: bool = False) -> list[dict]:
     """Measure every size in a fresh process and print the table."""
     context = multiprocessing.get_context("spawn")
     rows = []
     for size in sizes:
         queue = context.Queue()
-        process = context.Process(target=_one_size, args=(model, size, device, specimens, steps, queue))
+        process = context.Process(target=_one_size, args=(model, size, device, specimens, steps, compile, queue))
         process.start()
         rows.append(queue.get())
         process.join()
     _print(model, rows)
+    return rows
+
+
+def _scale_run(model_name: str, image_size: int, device: str, folder: str, count: int, queue) -> None:
+    """`sam2pal predict` on the first `count` specimens (QC on, as by default), in its own process."""
+    import os
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from sam2pal.api import predict
+
+    model = load_model(model_name, image_size, device)
+    templates = load_coco_templates(Path(folder) / "templates.json")
+    paths = list_images(Path(folder) / "specimens")[:count]
+    start = time.perf_counter()
+    report = predict(model, templates, paths, Path(folder) / f"out_{count}")
+    seconds = time.perf_counter() - start
+    queue.put({"specimens": count, "ok": report["n_ok"], "seconds": seconds, "peak_rss_mb": _peak_rss_mb()})
+
+
+def run_scale(model: str, image_size: int, device: str, counts: list[int]) -> list[dict]:
+    """Peak RSS of whole prediction runs over growing collections: it must not grow with them."""
+    context = multiprocessing.get_context("spawn")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        write_collection(tmp, templates=1, specimens=max(counts), structures=3, size=_SIZE)
+        for count in counts:
+            queue = context.Queue()
+            process = context.Process(target=_scale_run, args=(model, image_size, device, tmp, count, queue))
+            process.start()
+            rows.append(queue.get())
+            process.join()
+    print(f"sam2pal bench --scale: {model} (UNTRAINED weights), {image_size} px, synthetic {_SIZE[0]}x{_SIZE[1]} "
+          f"specimens, 3 structures, QC on, batch 4, each run in a fresh process")
+    print(" | ".join(("specimens", "written", "seconds", "img/s", "peak RSS MB", "RSS / first")))
+    for r in rows:
+        print(" | ".join([str(r["specimens"]), str(r["ok"]), f"{r['seconds']:.1f}", f"{r['ok'] / r['seconds']:.2f}",
+                          f"{r['peak_rss_mb']:.0f}", f"{r['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}"]))
+    sys.stdout.flush()
     return rows
 
 
@@ -135,6 +180,8 @@ def _print(model: str, rows: list[dict]) -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     header = ("size", "device", "K=1 step s", "K=3 step s", "K3/K1", "K3/K1 epoch1", "K=1 e1/e2", "K=3 e1/e2",
               "predict img/s", "videopred img/s", "speedup", "peak RSS MB")
+    if any("compiled_ips" in r for r in rows):
+        header += ("--compile img/s",)
     print(" | ".join(header))
     for r in rows:
         k1, k3 = r["train_k1"], r["train_k3"]
@@ -143,9 +190,10 @@ def _print(model: str, rows: list[dict]) -> None:
             f"{k3['step_s'] / k1['step_s']:.2f}", f"{k3['epoch1_s'] / k1['epoch1_s']:.2f}",
             f"{k1['epoch1_s'] / k1['epoch2_s']:.2f}", f"{k3['epoch1_s'] / k3['epoch2_s']:.2f}", f"{r['predict_ips']:.2f}", f"{r['video_predictor_ips']:.2f}",
             f"{r['predict_ips'] / r['video_predictor_ips']:.2f}", f"{r['peak_rss_mb']:.0f}",
-        ]))
+        ] + ([f"{r['compiled_ips']:.2f}"] if "compiled_ips" in r else [])))
     print("step s: one palindrome step with cached features (median of epoch 2); K3/K1 epoch1: the same "
           "ratio for first-epoch wall time, where each step also encodes its specimen; e1/e2: epoch wall "
           "time, first (encodes every specimen) over second (feature cache); predict: K=3, batch 4, "
-          "template memory reused; videopred: SAM2VideoPredictor, one 2-frame video per specimen.")
+          "template memory reused; videopred: SAM2VideoPredictor, one 2-frame video per specimen; --compile: "
+          "predict with the image encoder compiled, after a warm-up batch that compiles it.")
     sys.stdout.flush()

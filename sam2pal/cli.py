@@ -36,6 +36,9 @@ def _model_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
                        "a checkpoint path, or random:tiny (untrained, for tests). Default facebook/sam2.1-hiera-tiny")
     group.add_argument("--image-size", type=int, default=1024, help="model input size, a multiple of 32 (default 1024)")
     group.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (auto: cuda > mps > cpu)")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the image encoder: slow first batch, then faster where it pays "
+                            "(check with `sam2pal bench --compile`)")
     group.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -72,6 +75,11 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group.add_argument("--low-memory", action="store_true",
                        help="lowest peak RAM: one structure per pass and freed memory returned to the "
                             "system at once (~30%% slower steps on CPU)")
+    group.add_argument("--feature-cache-gb", type=float, default=2.0, metavar="GB",
+                       help="RAM for cached image features (default 2; 1024 px needs ~17 MB per image)")
+    group.add_argument("--feature-cache-dir", type=Path, metavar="DIR",
+                       help="put features that do not fit in RAM in a temporary folder inside DIR "
+                            "instead of encoding them again")
     group.add_argument("--no-augment", action="store_true", help="do not move x1 relative to x0 (not recommended)")
     group.add_argument("--seed", type=int, default=0)
 
@@ -155,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
     bench.add_argument("--specimens", type=int, default=8, help="specimens for the predict timing")
     bench.add_argument("--steps", type=int, default=4, help="training steps per timing")
+    bench.add_argument("--compile", action="store_true", help="also time prediction with --compile")
+    bench.add_argument("--scale", type=int, nargs="+", metavar="N",
+                       help="instead: peak RSS of `predict` runs on N specimens each (e.g. --scale 50 500), "
+                            "at the first --image-size")
     return parser
 
 
@@ -184,9 +196,11 @@ def _warn(warnings: list[str]) -> None:
 
 
 def _load_model(args: argparse.Namespace):
-    from sam2pal.model.build import DEFAULT_MODEL, describe, load_model
+    from sam2pal.model.build import DEFAULT_MODEL, compile_model, describe, load_model
 
     model = load_model(args.model or DEFAULT_MODEL, args.image_size, args.device)
+    if args.compile:
+        compile_model(model)
     if not args.quiet:
         print(f"model: {describe(model)}", file=sys.stderr)
     return model
@@ -205,6 +219,8 @@ def _train_config(args: argparse.Namespace):
         cycle_memory=args.cycle_memory,
         structures_per_pass=args.structures_per_pass,
         low_memory=args.low_memory,
+        cache_bytes=int(args.feature_cache_gb * 2**30),
+        cache_dir=args.feature_cache_dir,
         augment=not args.no_augment,
         seed=args.seed,
     )
@@ -325,9 +341,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
-        from sam2pal.bench import run_bench
+        from sam2pal.bench import run_bench, run_scale
 
-        run_bench(args.model, args.image_size, args.device, args.specimens, args.steps)
+        if args.scale:
+            if min(args.scale) < 1:
+                raise SamPalError(f"--scale {' '.join(map(str, args.scale))}: counts must be at least 1")
+            run_scale(args.model, args.image_size[0], args.device, args.scale)
+            return EXIT_OK
+
+        run_bench(args.model, args.image_size, args.device, args.specimens, args.steps, args.compile)
         return EXIT_OK
     if args.command == "check":
         return _check(args)

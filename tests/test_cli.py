@@ -323,3 +323,22 @@ def test_no_qc_leaves_quality_fields_out(collection, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["review_order"] == []
     assert "qc" not in report["images"][0]["structures"]["head"]
+
+
+def test_bench_scale_prints_peak_memory_per_collection_size(capsys):
+    code = main(["bench", "--scale", "1", "3", "--image-size", "64", "--model", "random:tiny", "--device", "cpu"])
+    assert code == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
+    assert [(row[0], row[1]) for row in rows] == [("1", "1"), ("3", "3")]  # specimens asked, written
+    assert all(float(row[4]) > 100 for row in rows) and rows[0][5] == "1.000"  # peak RSS MB, ratio to first
+
+
+def test_compile_flag_compiles_the_image_encoder(collection, tmp_path, monkeypatch):
+    import torch
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled.append((fn.__self__.__class__.__name__, kw)) or fn)
+    code = main(["predict", "--templates", str(collection / "templates.json"), "--images",
+                 str(collection / "specimens"), "--out", str(tmp_path / "out"), "--compile", "--no-qc", *TINY])
+    assert code == 0
+    assert compiled == [("ImageEncoder", {"dynamic": False})]

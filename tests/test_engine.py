@@ -10,6 +10,7 @@ from PIL import Image
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
 from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step, training_mode
 from sam2pal.engine.propagate import Propagator
+from sam2pal.errors import SamPalError
 from sam2pal.io.templates import load_coco_templates
 from sam2pal.model.adapters import AdapterConfig, prepare
 from sam2pal.model.build import config_file
@@ -153,3 +154,29 @@ def test_feature_cache_evicts_least_recently_used():
     assert cache.get("b") is None
     assert cache.get("a") is not None and cache.get("c") is not None
     assert len(cache) == 2 and cache.nbytes == 2048
+
+
+def test_feature_cache_spills_to_disk_and_reads_back_exactly(tmp_path):
+    frames = {k: Frame([torch.rand(1, 2, 16, 16), torch.rand(1, 4, 8, 8)]) for k in "abc"}  # 3072 bytes each
+    cache = FeatureCache(max_bytes=7000, spill_dir=tmp_path)
+    for key, frame in frames.items():
+        cache.put(key, frame)
+    folder = next(tmp_path.iterdir())
+    assert len(cache) == 2 and len(list(folder.glob("*.safetensors"))) == 1  # "a" went to disk
+    back = cache.get("a")
+    assert cache.disk_reads == 1 and cache.misses == 0
+    assert all(torch.equal(x, y) for x, y in zip(back.levels, frames["a"].levels))
+    assert cache.get("b") is not None  # "b" was pushed out by "a" coming back, and read from disk
+    assert cache.disk_reads == 2
+    for spilled in folder.glob("*.safetensors"):
+        spilled.write_bytes(b"damaged")
+    assert cache.get("c") is None and cache.misses == 1  # damaged on disk: encode again, no error
+    cache.close()
+    assert not folder.exists()
+
+
+def test_feature_cache_dir_that_cannot_be_written_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SamPalError, match="--feature-cache-dir"):
+        FeatureCache(spill_dir=blocker / "sub")

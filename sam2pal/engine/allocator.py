@@ -11,12 +11,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from contextlib import contextmanager
+from typing import Iterator
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+_HEAP_UP_TO = 32 << 20  # the largest threshold glibc's own adjustment reaches on 64-bit systems
 
 
-def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
-    """Serve allocations above `threshold_bytes` with mmap from now on; False where unsupported."""
+def _set_mmap_threshold(threshold_bytes: int) -> bool:
     if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")
@@ -26,3 +28,20 @@ def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
     if not hasattr(libc, "mallopt"):  # musl and other libcs
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
+
+
+def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
+    """Serve allocations above `threshold_bytes` with mmap from now on; False where unsupported."""
+    return _set_mmap_threshold(threshold_bytes)
+
+
+@contextmanager
+def freed_memory_returned(enabled: bool = True) -> Iterator[bool]:
+    """`return_freed_memory` for a block (training), then the heap serves blocks up to 32 MB again,
+    so prediction afterwards in the same process runs at full speed. Yields whether it applied."""
+    applied = enabled and return_freed_memory()
+    try:
+        yield applied
+    finally:
+        if applied:
+            _set_mmap_threshold(_HEAP_UP_TO)

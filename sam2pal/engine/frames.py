@@ -7,13 +7,22 @@ gathered to one row per (image, structure) pair without copying the encoder's wo
 
 from __future__ import annotations
 
+import hashlib
+import shutil
+import tempfile
+import warnings
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
+from sam2pal.errors import SamPalError
 from sam2pal.model.build import LoadedModel
 
 # ImageNet statistics, as SAM2 was trained with
@@ -107,21 +116,40 @@ class Encoder:
 
 
 class FeatureCache:
-    """Least-recently-used image features under a byte budget.
+    """Least-recently-used image features under a RAM budget, then optionally on disk.
 
     With a frozen encoder, a training epoch after the first only reads this cache; the budget
-    keeps a large collection from filling RAM (older entries are recomputed when needed).
+    keeps a large collection from filling RAM. Without `spill_dir` the oldest entries are dropped
+    (and re-encoded when needed); with it they are written to a private folder inside
+    `spill_dir` and read back, which at 1024 px on CPU takes milliseconds instead of seconds of
+    encoding. The folder lasts as long as the cache (`close`).
     """
 
-    def __init__(self, max_bytes: int = 2 << 30):
+    def __init__(self, max_bytes: int = 2 << 30, spill_dir: str | Path | None = None):
         self.max_bytes = max_bytes
         self._items: OrderedDict[str, Frame] = OrderedDict()
         self._bytes = 0
+        self._on_disk: set[str] = set()
         self.hits = 0
         self.misses = 0
+        self.disk_reads = 0
+        self._disk: Path | None = None
+        if spill_dir is not None:
+            try:
+                Path(spill_dir).mkdir(parents=True, exist_ok=True)
+                self._disk = Path(tempfile.mkdtemp(prefix="sam2pal-features-", dir=spill_dir))
+            except OSError as exc:
+                raise SamPalError(f"--feature-cache-dir {spill_dir}: cannot write there ({exc.strerror}); "
+                                  "pick a writable folder") from exc
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._disk, True)
 
     def get(self, key: str) -> Frame | None:
         frame = self._items.get(key)
+        if frame is None and key in self._on_disk:
+            frame = self._read(key)
+            if frame is not None:
+                self.disk_reads += 1
+                self._remember(key, frame)
         if frame is None:
             self.misses += 1
             return None
@@ -130,14 +158,49 @@ class FeatureCache:
         return frame
 
     def put(self, key: str, frame: Frame) -> None:
-        frame = Frame([level.detach() for level in frame.levels])
+        self._remember(key, Frame([level.detach() for level in frame.levels]))
+
+    def close(self) -> None:
+        """Delete the spill folder (also done when the cache is garbage-collected)."""
+        if self._disk is not None:
+            self._cleanup()
+            self._on_disk.clear()
+
+    def _remember(self, key: str, frame: Frame) -> None:
         if key in self._items:
             self._bytes -= self._items.pop(key).nbytes()
         self._items[key] = frame
         self._bytes += frame.nbytes()
         while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, dropped = self._items.popitem(last=False)
+            dropped_key, dropped = self._items.popitem(last=False)
             self._bytes -= dropped.nbytes()
+            self._spill(dropped_key, dropped)
+
+    def _path(self, key: str) -> Path:
+        return self._disk / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".safetensors")
+
+    def _spill(self, key: str, frame: Frame) -> None:
+        if self._disk is None or key in self._on_disk:
+            return
+        path = self._path(key)
+        tmp = path.with_suffix(".tmp")
+        try:
+            save_file({str(i): level.contiguous().cpu() for i, level in enumerate(frame.levels)}, str(tmp))
+            tmp.replace(path)
+        except OSError as exc:  # a full disk costs re-encoding, never the run
+            tmp.unlink(missing_ok=True)
+            warnings.warn(f"feature cache: cannot write {path} ({exc.strerror}); dropping features instead")
+            return
+        self._on_disk.add(key)
+        self._device = frame.levels[0].device
+
+    def _read(self, key: str) -> Frame | None:
+        try:
+            tensors = load_file(str(self._path(key)), device=str(self._device))
+        except (OSError, SafetensorError):  # gone or damaged: encode again
+            self._on_disk.discard(key)
+            return None
+        return Frame([tensors[str(i)] for i in range(len(tensors))])
 
     def __len__(self) -> int:
         return len(self._items)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from sam2pal.engine.allocator import return_freed_memory
+from sam2pal.engine.allocator import freed_memory_returned
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
 from sam2pal.engine.palindrome import CYCLE_MEMORIES, AugmentConfig, augment, palindrome_step, training_mode
 from sam2pal.engine.propagate import full_resolution, segment, template_frame, template_memories
@@ -49,7 +49,8 @@ class TrainConfig:
     seed: int = 0
     cycle_memory: str = "tracked"
     augment: bool = True
-    cache_bytes: int = 2 << 30
+    cache_bytes: int = 2 << 30  # image features kept in RAM
+    cache_dir: Path | None = None  # where features that do not fit go, instead of being re-encoded
     structures_per_pass: int | None = None  # default: all on CUDA, one at a time elsewhere
     low_memory: bool = False  # one structure per pass everywhere, freed memory returned at once
 
@@ -62,6 +63,8 @@ class TrainConfig:
             raise SamPalError(f"--cycle-memory {self.cycle_memory!r}: use one of {', '.join(CYCLE_MEMORIES)}")
         if self.lr is not None and not self.lr > 0:
             raise SamPalError(f"--lr {self.lr} must be positive")
+        if self.cache_bytes < 0:
+            raise SamPalError(f"--feature-cache-gb {self.cache_bytes / 2**30:g} cannot be negative")
         if self.structures_per_pass is not None and self.structures_per_pass < 1:
             raise SamPalError(f"--structures-per-pass {self.structures_per_pass} must be at least 1")
 
@@ -105,13 +108,10 @@ class Trainer:
         self.progress = progress or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.encoder = Encoder(loaded)
-        if config.low_memory and not return_freed_memory():
-            self.progress({"type": "warning", "message": "--low-memory: this C library cannot return freed "
-                           "memory early; only one structure per pass applies"})
         self.adapter = self._adapter_config(resume)
         self.params = prepare(loaded, self.adapter)
         # a trained encoder changes features every step: nothing can be cached then
-        self.cache = None if self.adapter.trains_encoder else FeatureCache(config.cache_bytes)
+        self.cache = None if self.adapter.trains_encoder else FeatureCache(config.cache_bytes, config.cache_dir)
         self.generator = torch.Generator().manual_seed(config.seed)
         torch.manual_seed(config.seed)
         self.steps_per_epoch = config.steps_per_epoch or len(self.specimens)
@@ -315,6 +315,17 @@ class Trainer:
         return order[: self.steps_per_epoch]
 
     def run(self) -> TrainResult:
+        try:
+            with freed_memory_returned(self.config.low_memory) as applied:
+                if self.config.low_memory and not applied:
+                    self.progress({"type": "warning", "message": "--low-memory: this C library cannot return "
+                                   "freed memory early; only one structure per pass applies"})
+                return self._run()
+        finally:
+            if self.cache is not None:
+                self.cache.close()
+
+    def _run(self) -> TrainResult:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if not self.history:
             self._record_epoch(0.0)  # epoch 0: the zero-shot baseline

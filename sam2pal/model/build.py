@@ -260,6 +260,17 @@ def load_model(model: str = DEFAULT_MODEL, image_size: int = 1024, device: str =
     )
 
 
+def compile_model(loaded: LoadedModel) -> None:
+    """Opt-in `torch.compile` of the image encoder, the one part whose shapes never change within
+    a run (memory attention and the decoder see a different number of objects per batch).
+
+    The first batch pays the compilation (tens of seconds); a smaller last batch compiles once
+    more. Whether it pays depends on the machine: measure with `sam2pal bench --compile`.
+    """
+    encoder = loaded.sam.image_encoder
+    encoder.forward = torch.compile(encoder.forward, dynamic=False)
+
+
 def describe(loaded: LoadedModel) -> str:
     """One line for the console and logs; random weights are never mistaken for a real model."""
     label = "UNTRAINED random weights, for tests and benchmarks only" if loaded.untrained else "pretrained"
