@@ -71,7 +71,7 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
                        help="how the phase-1 prediction becomes phase-2 memory (default tracked)")
     group.add_argument("--structures-per-pass", type=int, metavar="N",
                        help="structures per forward/backward pass; fewer = less memory, same result "
-                            "(default: all on a GPU, 1 on CPU)")
+                            "(default: all on a GPU; on CPU as many as fit ~1 GB: all at 256 px, 3 at 512, 1 at 1024)")
     group.add_argument("--low-memory", action="store_true",
                        help="lowest peak RAM: one structure per pass and freed memory returned to the "
                             "system at once (~30%% slower steps on CPU)")

@@ -84,8 +84,9 @@ def test_features_beyond_the_ram_budget_come_back_from_disk(tiny, collection, tm
 
 @pytest.mark.parametrize(
     ("config", "rows"),
-    [(TrainConfig(epochs=1, steps_per_epoch=1), [1, 1, 1]),  # CPU default: one structure per pass
+    [(TrainConfig(epochs=1, steps_per_epoch=1), [3]),  # CPU default at 256 px: all fit the budget
      (TrainConfig(epochs=1, steps_per_epoch=1, structures_per_pass=2), [2, 1]),
+     (TrainConfig(epochs=1, steps_per_epoch=1, low_memory=True), [1, 1, 1]),
      (TrainConfig(epochs=1, steps_per_epoch=1, structures_per_pass=3, low_memory=True), [3])],
 )
 def test_a_step_runs_its_structures_in_passes(tiny, collection, tmp_path, monkeypatch, config, rows):

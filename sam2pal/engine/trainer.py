@@ -34,6 +34,10 @@ LOG_NAME = "train_log.jsonl"
 STATE_NAME = "trainer_state.pt"
 VALIDATION_NAME = "validation.json"
 DEFAULT_LR = {"lora": 2e-4, "decoder": 1e-5, "full": 5e-6}
+# tensors one structure saves for backward in a palindrome step at 1024 px (measured, LoRA,
+# SAM2.1-tiny); it scales with the number of image tokens, (S/16)²
+ACTIVATIONS_PER_STRUCTURE_1024 = 1.34e9
+CPU_ACTIVATION_BUDGET = 1 << 30
 
 
 @dataclass
@@ -51,7 +55,7 @@ class TrainConfig:
     augment: bool = True
     cache_bytes: int = 2 << 30  # image features kept in RAM
     cache_dir: Path | None = None  # where features that do not fit go, instead of being re-encoded
-    structures_per_pass: int | None = None  # default: all on CUDA, one at a time elsewhere
+    structures_per_pass: int | None = None  # default: all on CUDA, a ~1 GB activation budget elsewhere
     low_memory: bool = False  # one structure per pass everywhere, freed memory returned at once
 
     def __post_init__(self) -> None:
@@ -297,14 +301,18 @@ class Trainer:
 
     def _structures_per_pass(self, count: int) -> int:
         """Structures are independent batch rows and the loss is a sum over them, so splitting a
-        step into passes (gradients accumulated) changes nothing but peak memory and speed. On
-        CPU batching gains nothing and each structure held at once costs ~1.3 GB at 1024 px; a
-        GPU runs a full batch faster."""
+        step into passes (gradients accumulated) changes nothing but peak memory and speed. A GPU
+        runs a full batch faster; on CPU a pass holds as many structures as fit the activation
+        budget (all at 256 px, 3 at 512, 1 at 1024), since small passes cost per-call overhead
+        and large ones RAM without being faster."""
         if self.config.structures_per_pass is not None:
             return self.config.structures_per_pass
         if self.config.low_memory:
             return 1
-        return count if self.loaded.device.type == "cuda" else 1
+        if self.loaded.device.type == "cuda":
+            return count
+        per_structure = ACTIVATIONS_PER_STRUCTURE_1024 * (self.loaded.image_size / 1024) ** 2
+        return max(1, int(CPU_ACTIVATION_BUDGET // per_structure))
 
     def _epoch_specimens(self) -> list[Path]:
         """A fresh permutation each epoch, so one epoch visits every specimen once (and later
