@@ -74,7 +74,7 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
                             "(default: all on a GPU; on CPU as many as fit ~1 GB: all at 256 px, 3 at 512, 1 at 1024)")
     group.add_argument("--low-memory", action="store_true",
                        help="lowest peak RAM: one structure per pass and freed memory returned to the "
-                            "system at once (~30%% slower steps on CPU)")
+                            "system at once (15-30%% slower steps on CPU)")
     group.add_argument("--feature-cache-gb", type=float, default=2.0, metavar="GB",
                        help="RAM for cached image features (default 2; 1024 px needs ~17 MB per image)")
     group.add_argument("--feature-cache-dir", type=Path, metavar="DIR",

@@ -2,7 +2,7 @@
 
 glibc keeps freed blocks of a few MB in its heap for reuse; over a palindrome step at 1024 px the
 holes add ~1.7 GB to peak RSS (3.9 vs 2.2 GB measured on CPU). Serving every allocation above
-1 MB with its own mmap returns it on free, at the price of page faults (steps ~30% slower), so it
+1 MB with its own mmap returns it on free, at the price of page faults (steps 15–30% slower), so it
 is an opt-in (`--low-memory`) for machines where RAM, not time, is short.
 """
 
