@@ -284,6 +284,7 @@ class Trainer:
             output.loss.backward(retain_graph=self.adapter.trains_encoder)  # x0, x1 graphs are shared
             loss += float(output.loss.detach())
             per_structure += output.per_structure.tolist()
+            del output  # a retained graph would otherwise keep this pass's activations through the next
         torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
