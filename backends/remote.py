@@ -14,10 +14,9 @@ import zipfile
 from pathlib import Path
 
 from backends.base import Backend
+from sam2pal.errors import SamPalError
 from sam2pal.io.images import IMAGE_EXTENSIONS
-from sam2pal.jobs import JobSpec, JobStatus
-
-_PASSED_FIELDS = ("image_size", "orientation", "train", "batch_size")
+from sam2pal.jobs import SUBMITTABLE_FIELDS, JobSpec, JobStatus
 
 
 class RemoteBackend(Backend):
@@ -44,7 +43,10 @@ class RemoteBackend(Backend):
         def images(folder: str) -> list:
             return [handle_file(str(p)) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
 
-        params = json.dumps({k: getattr(spec, k) for k in _PASSED_FIELDS})
+        if spec.adapter is not None:
+            raise SamPalError(f"the remote backend cannot send an adapter ({spec.adapter}); fine-tune on {self.url} "
+                             "in the same job, or use the local backend")
+        params = json.dumps({k: getattr(spec, k) for k in SUBMITTABLE_FIELDS})
         template_folder = spec.template_images or str(Path(spec.templates).parent)
         remote_id = self._client.predict(spec.kind, handle_file(spec.templates), images(template_folder),
                                          images(spec.images), params, api_name="/submit_job")

@@ -402,7 +402,7 @@ def format_table(sam2pal: dict | None, script: dict | None, low_memory: dict | N
 
     def line(label, key, show_ratio, digits):
         get = key if callable(key) else (lambda r: r.get(key))
-        script_value = None if key == "step_compute_s" else get(b)
+        script_value = get(b)
         values = [get(r) for _, r in ours]
         cells = [f"{_fmt(v, digits):>12}" for v in values] + [f"{_fmt(script_value, digits):>13}"]
         for v in values:
@@ -483,6 +483,8 @@ def _run_sam2pal(args, work: Path, checkpoint: Path, data: Path, epochs: int, pe
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     row = summarize(run, timings, parse_sam2pal_outputs(out), args.structures)
     _log(f"{name}: exit {run['rc']} after {run['wall_s']:.0f} s")
+    if not row["ok"]:
+        print(_tail(work / f"{name}.log"))
     return row
 
 
@@ -561,12 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"{args.steps} training steps each: {epochs} epoch(s) x {per_epoch} step(s)")
         if not args.script_only:
             sam2pal_row = _run_sam2pal(args, work, checkpoint, data, epochs, per_epoch, env)
-            if not sam2pal_row["ok"]:
-                print(_tail(work / "sam2pal.log"))
             if not args.no_low_memory:
                 low_memory_row = _run_sam2pal(args, work, checkpoint, data, epochs, per_epoch, env, ("--low-memory",))
-                if not low_memory_row["ok"]:
-                    print(_tail(work / "sam2pal__low_memory.log"))
         if script is not None:
             script_row = _run_script(args, work, script, checkpoint, data, epochs, per_epoch, env)
             if not script_row["ok"]:

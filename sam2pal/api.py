@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -24,7 +23,7 @@ from sam2pal.io.images import DEFAULT_MAX_PIXELS, list_images, scan_images
 from sam2pal.io.outputs import OutputOptions, PredictionWriter
 from sam2pal.io.templates import TemplateSet, load_templates
 from sam2pal.model.adapters import WEIGHTS_NAME, load_adapter, load_weights, read_adapter_config
-from sam2pal.model.build import LoadedModel, load_model
+from sam2pal.model.build import LoadedModel, file_sha256, load_model
 
 __all__ = ["load_model", "load_templates", "load_adapter", "finetune", "predict", "TrainConfig"]
 
@@ -61,21 +60,13 @@ def finetune(
     return result
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def provenance(model: LoadedModel, templates: TemplateSet, **params) -> dict:
     """What a result file must say about how it was made, so it can be reproduced or questioned."""
     adapter = None
     if model.adapter_dir is not None:
         adapter = {
             "path": str(model.adapter_dir),
-            "sha256": _sha256(Path(model.adapter_dir) / WEIGHTS_NAME),
+            "sha256": file_sha256(Path(model.adapter_dir) / WEIGHTS_NAME),
             **asdict(read_adapter_config(model.adapter_dir)),
         }
     return {

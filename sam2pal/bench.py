@@ -40,9 +40,9 @@ def _train_timing(model_name: str, image_size: int, device: str, folder: Path, s
 
 
 def _predict_timing(model_name: str, image_size: int, device: str, folder: Path, count: int, batch: int,
-                    compile: bool = False) -> float:
+                    compiled: bool = False) -> float:
     model = load_model(model_name, image_size, device)
-    if compile:
+    if compiled:
         compile_model(model)
     propagator = Propagator(model, load_coco_templates(folder / "templates.json"))
     images = [load_image(p) for p in list_images(folder / "specimens")[:count]]
@@ -101,7 +101,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _one_size(model_name: str, image_size: int, device: str, specimens: int, steps: int, compile: bool,
+def _one_size(model_name: str, image_size: int, device: str, specimens: int, steps: int, compiled: bool,
               queue) -> None:
     import os
 
@@ -114,25 +114,29 @@ def _one_size(model_name: str, image_size: int, device: str, specimens: int, ste
             row[f"train_k{k}"] = _train_timing(model_name, image_size, device, folder, steps)
         folder = Path(tmp) / "k3"
         row["predict_ips"] = _predict_timing(model_name, image_size, device, folder, specimens, batch=4)
-        if compile:
-            row["compiled_ips"] = _predict_timing(model_name, image_size, device, folder, specimens, 4, compile=True)
+        if compiled:
+            row["compiled_ips"] = _predict_timing(model_name, image_size, device, folder, specimens, 4, compiled=True)
         row["video_predictor_ips"] = _video_predictor_timing(model_name, image_size, device, folder, specimens)
         row["device"] = str(load_model(model_name, 64, device).device)
         row["peak_rss_mb"] = _peak_rss_mb()
     queue.put(row)
 
 
-def run_bench(model: str, sizes: list[int], device: str, specimens: int, steps: int,
-              compile: bool = False) -> list[dict]:
-    """Measure every size in a fresh process and print the table."""
+def _in_fresh_process(target, *args) -> dict:
+    """Run `target(*args, queue)` in a spawned process, so its peak RSS is its own; its row back."""
     context = multiprocessing.get_context("spawn")
-    rows = []
-    for size in sizes:
-        queue = context.Queue()
-        process = context.Process(target=_one_size, args=(model, size, device, specimens, steps, compile, queue))
-        process.start()
-        rows.append(queue.get())
-        process.join()
+    queue = context.Queue()
+    process = context.Process(target=target, args=(*args, queue))
+    process.start()
+    row = queue.get()
+    process.join()
+    return row
+
+
+def run_bench(model: str, sizes: list[int], device: str, specimens: int, steps: int,
+              compiled: bool = False) -> list[dict]:
+    """Measure every size in a fresh process and print the table."""
+    rows = [_in_fresh_process(_one_size, model, size, device, specimens, steps, compiled) for size in sizes]
     _print(model, rows)
     return rows
 
@@ -155,16 +159,9 @@ def _scale_run(model_name: str, image_size: int, device: str, folder: str, count
 
 def run_scale(model: str, image_size: int, device: str, counts: list[int]) -> list[dict]:
     """Peak RSS of whole prediction runs over growing collections: it must not grow with them."""
-    context = multiprocessing.get_context("spawn")
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         write_collection(tmp, templates=1, specimens=max(counts), structures=3, size=_SIZE)
-        for count in counts:
-            queue = context.Queue()
-            process = context.Process(target=_scale_run, args=(model, image_size, device, tmp, count, queue))
-            process.start()
-            rows.append(queue.get())
-            process.join()
+        rows = [_in_fresh_process(_scale_run, model, image_size, device, tmp, count) for count in counts]
     print(f"sam2pal bench --scale: {model} (UNTRAINED weights), {image_size} px, synthetic {_SIZE[0]}x{_SIZE[1]} "
           f"specimens, 3 structures, QC on, batch 4, each run in a fresh process")
     print(" | ".join(("specimens", "written", "seconds", "img/s", "peak RSS MB", "RSS / first")))

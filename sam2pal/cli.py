@@ -71,7 +71,8 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
                        help="how the phase-1 prediction becomes phase-2 memory (default tracked)")
     group.add_argument("--structures-per-pass", type=int, metavar="N",
                        help="structures per forward/backward pass; fewer = less memory, same result "
-                            "(default: all on a GPU; on CPU as many as fit ~1 GB: all at 256 px, 3 at 512, 1 at 1024)")
+                            "(default: all on a GPU; on CPU as many as fit ~1 GB: all at 256 px, 3 at 512, 1 at 1024; "
+                            "always all when the encoder trains)")
     group.add_argument("--low-memory", action="store_true",
                        help="lowest peak RAM: one structure per pass and freed memory returned to the "
                             "system at once (15-30%% slower steps on CPU)")

@@ -25,6 +25,11 @@ class JobCancelled(Exception):
     """Raised inside a job when its backend asked it to stop."""
 
 
+# JobSpec fields a job submitted through the API (and so another server, for the remote backend)
+# may set; paths are not among them: the server decides where files go
+SUBMITTABLE_FIELDS = ("image_size", "orientation", "train", "batch_size", "model")
+
+
 @dataclass
 class JobSpec:
     """Everything a job needs, as paths and plain values, so it can cross a process boundary."""

@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from sam2pal.check import FileNote, check_inputs
@@ -74,8 +73,6 @@ def test_check_collects_problems_instead_of_raising(collection: Path, tmp_path: 
 
 def test_check_warns_about_what_templates_lose(tmp_path: Path) -> None:
     Image.new("RGB", (64, 48)).save(tmp_path / "a.png")
-    mask = np.zeros((48, 64), dtype=np.uint8)
-    mask[4:8, 4:8] = 255
     coco = {
         "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
         "annotations": [

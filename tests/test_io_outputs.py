@@ -198,7 +198,13 @@ def test_report_counts_and_entries(run_folder: tuple[Path, dict, np.ndarray]) ->
             "fore/wing": {"area": 0, "score": 0.1},
             "leg": {"area": 96, "score": 0.75},
         },
+        "files": {  # the names as written, "/" cleaned out, for readers such as the web app
+            "masks": {"eye": "masks/beetle 1__eye.png", "fore/wing": "masks/beetle 1__fore_wing.png",
+                      "leg": "masks/beetle 1__leg.png"},
+            "overlay": "overlays/beetle 1.jpg",
+        },
     }
+    assert all((out_dir / name).is_file() for name in [*first["files"]["masks"].values(), first["files"]["overlay"]])
     assert failed == {
         "file": "broken.jpg",
         "status": "failed",

@@ -111,6 +111,9 @@ def test_low_memory_returns_freed_memory_on_glibc():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert result.stdout.strip() == str(glibc)
+
+
+def test_structures_per_pass_must_be_positive():
     with pytest.raises(SamPalError, match="--structures-per-pass"):
         TrainConfig(structures_per_pass=0)
 

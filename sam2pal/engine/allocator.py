@@ -15,10 +15,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 _M_MMAP_THRESHOLD = -3  # mallopt parameter number in glibc's malloc.h
+_OWN_MMAP_FROM = 1 << 20
 _HEAP_UP_TO = 32 << 20  # the largest threshold glibc's own adjustment reaches on 64-bit systems
 
 
 def _set_mmap_threshold(threshold_bytes: int) -> bool:
+    """Allocations above `threshold_bytes` get their own mmap from now on; False where unsupported."""
     if not sys.platform.startswith("linux"):
         return False
     name = ctypes.util.find_library("c")
@@ -30,16 +32,12 @@ def _set_mmap_threshold(threshold_bytes: int) -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold_bytes))
 
 
-def return_freed_memory(threshold_bytes: int = 1 << 20) -> bool:
-    """Serve allocations above `threshold_bytes` with mmap from now on; False where unsupported."""
-    return _set_mmap_threshold(threshold_bytes)
-
-
 @contextmanager
 def freed_memory_returned(enabled: bool = True) -> Iterator[bool]:
-    """`return_freed_memory` for a block (training), then the heap serves blocks up to 32 MB again,
-    so prediction afterwards in the same process runs at full speed. Yields whether it applied."""
-    applied = enabled and return_freed_memory()
+    """Allocations above 1 MB return to the system on free for a block (training); afterwards the
+    heap serves blocks up to 32 MB again, so prediction in the same process runs at full speed.
+    Yields whether it applied."""
+    applied = enabled and _set_mmap_threshold(_OWN_MMAP_FROM)
     try:
         yield applied
     finally:

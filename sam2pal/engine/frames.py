@@ -134,6 +134,7 @@ class FeatureCache:
         self.misses = 0
         self.disk_reads = 0
         self._disk: Path | None = None
+        self._device = torch.device("cpu")  # where spilled features are read back to
         if spill_dir is not None:
             try:
                 Path(spill_dir).mkdir(parents=True, exist_ok=True)
@@ -165,6 +166,7 @@ class FeatureCache:
         if self._disk is not None:
             self._cleanup()
             self._on_disk.clear()
+            self._disk = None  # later evictions drop features, as without a spill folder
 
     def _remember(self, key: str, frame: Frame) -> None:
         if key in self._items:

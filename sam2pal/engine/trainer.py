@@ -281,10 +281,9 @@ class Trainer:
         loss, per_structure = 0.0, []
         for rows in torch.arange(y0.shape[0]).split(self._structures_per_pass(y0.shape[0])):
             output = palindrome_step(self.encoder, x0, y0[rows], x1, self.config.cycle_memory)
-            output.loss.backward(retain_graph=self.adapter.trains_encoder)  # x0, x1 graphs are shared
+            output.loss.backward()
             loss += float(output.loss.detach())
             per_structure += output.per_structure.tolist()
-            del output  # a retained graph would otherwise keep this pass's activations through the next
         torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -306,6 +305,8 @@ class Trainer:
         runs a full batch faster; on CPU a pass holds as many structures as fit the activation
         budget (all at 256 px, 3 at 512, 1 at 1024), since small passes cost per-call overhead
         and large ones RAM without being faster."""
+        if self.adapter.trains_encoder:
+            return count  # x0 and x1 carry the encoder's graph: one backward through it per step
         if self.config.structures_per_pass is not None:
             return self.config.structures_per_pass
         if self.config.low_memory:

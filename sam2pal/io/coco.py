@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sam2pal.errors import SamPalError
-from sam2pal.io.masks import decode_segmentation
+from sam2pal.io.masks import decode_segmentation, is_number
 
 _COCO_LISTS = ("images", "annotations", "categories")
 # Label Studio stores uploads as "<hex>-<original name>" (uuid4[:8] today, shorter in old exports).
@@ -182,22 +182,18 @@ def _images(
     return images
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _usable_polygons(polygons: list, where: str, warnings: list[str]) -> list:
     """Polygon parts with at least 3 points; shorter ones (a stray click) dropped with a warning.
 
     Malformed parts (not numbers, odd length) are kept so that decoding reports them.
     """
-    if all(_is_number(value) for value in polygons):
+    if all(is_number(value) for value in polygons):
         polygons = [polygons]
     kept = []
     for number, part in enumerate(polygons, start=1):
         degenerate = (
             isinstance(part, list)
-            and all(_is_number(value) for value in part)
+            and all(is_number(value) for value in part)
             and len(part) % 2 == 0
             and len(part) < 6
         )
@@ -309,11 +305,16 @@ def decode_annotation(annotation: CocoAnnotation, height: int, width: int) -> np
         ) from error
 
 
-def structure_masks(image: CocoImage, height: int, width: int) -> dict[str, np.ndarray]:
-    """One mask per structure on this image: several annotations of a structure OR-ed."""
+def structure_masks(
+    image: CocoImage, height: int, width: int, nonempty: bool = False
+) -> dict[str, np.ndarray]:
+    """One mask per structure on this image: several annotations of a structure OR-ed.
+    `nonempty` refuses an annotation whose mask has no pixel (a template must show what it means)."""
     masks: dict[str, np.ndarray] = {}
     for annotation in image.annotations:
         mask = decode_annotation(annotation, height, width)
+        if nonempty and not mask.any():
+            raise SamPalError(f"{annotation.where} has an empty mask; redraw it or delete the annotation")
         name = annotation.structure
         masks[name] = masks[name] | mask if name in masks else mask
     return masks

@@ -85,16 +85,17 @@ def _runs_from_rle(segmentation: dict, height: int, width: int) -> list[int]:
     return _compressed_counts(counts)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
+    """A finite int or float, not a bool: what a COCO coordinate or count may be."""
     if isinstance(value, bool) or not isinstance(value, Real):
         return False
     return isinstance(value, int) or math.isfinite(value)
 
 
 def _runs_from_polygons(segmentation: list, height: int, width: int) -> list[int]:
-    polygons = [segmentation] if all(_is_number(v) for v in segmentation) else segmentation
+    polygons = [segmentation] if all(is_number(v) for v in segmentation) else segmentation
     for polygon in polygons:
-        if not isinstance(polygon, list) or not all(_is_number(v) for v in polygon):
+        if not isinstance(polygon, list) or not all(is_number(v) for v in polygon):
             raise ValueError("polygon must be a list of [x1, y1, x2, y2, ...] number lists")
         if len(polygon) % 2 or len(polygon) < 6:
             raise ValueError(

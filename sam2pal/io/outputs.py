@@ -394,6 +394,8 @@ class PredictionWriter:
                 "seconds": None if seconds is None else float(seconds),
                 "structures": per_structure,
                 **_review_fields(quality, orientation),
+                # names as written (cleaned, made unique), so nobody has to rebuild them
+                "files": {"masks": dict(zip(self.structures, files)), "overlay": files[-1]},
             },
             "width": width,
             "height": height,

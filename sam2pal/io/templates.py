@@ -23,18 +23,18 @@ from sam2pal.io.coco import (
     CocoFile,
     CocoImage,
     base_name,
-    decode_annotation,
     read_coco,
+    structure_masks,
     without_upload_prefix,
 )
 from sam2pal.io.images import (
     DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
     ImageHeader,
     image_header,
     load_image,
     open_image,
     orient_mask,
+    scan_images,
 )
 from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
 from sam2pal.io.outputs import atomic_write_json
@@ -126,11 +126,7 @@ class _ImageFinder:
 
     def _images_in(self, folder: Path) -> list[Path]:
         if folder not in self._listings:
-            self._listings[folder] = sorted(
-                entry
-                for entry in folder.iterdir()
-                if entry.suffix.lower() in IMAGE_EXTENSIONS and not entry.name.startswith(".")
-            )
+            self._listings[folder] = scan_images(folder).images
         return self._listings[folder]
 
     def find(self, file_name: str) -> Path:
@@ -218,15 +214,7 @@ def _load_coco_template(
     if orientation is None:
         raise _size_error(json_path, image, header)
     width, height = header.size if orientation == 1 else header.raw_size
-    masks: dict[str, np.ndarray] = {}
-    for annotation in image.annotations:
-        mask = decode_annotation(annotation, height, width)
-        if not mask.any():
-            raise SamPalError(
-                f"{annotation.where} has an empty mask; redraw it or delete the annotation"
-            )
-        name = annotation.structure
-        masks[name] = masks[name] | mask if name in masks else mask
+    masks = structure_masks(image, height, width, nonempty=True)
     upright = {name: orient_mask(mask, orientation) for name, mask in masks.items()}
     return Template(
         name=image.file_name, path=path, image=pixels, masks=upright, absent=set(image.absent)

@@ -132,7 +132,7 @@ def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -255,7 +255,7 @@ def load_model(model: str = DEFAULT_MODEL, image_size: int = 1024, device: str =
         image_size=image_size,
         device=torch_device,
         untrained=untrained,
-        checkpoint_sha256=_sha256(checkpoint) if checkpoint else None,
+        checkpoint_sha256=file_sha256(checkpoint) if checkpoint else None,
         fingerprint=fingerprint(sam),
     )
 

@@ -16,7 +16,7 @@ import gradio as gr
 from gradio.data_classes import FileData
 
 from sam2pal.errors import SamPalError
-from sam2pal.jobs import JobStatus
+from sam2pal.jobs import SUBMITTABLE_FIELDS, JobStatus
 
 _POLL_SECONDS = 0.5
 
@@ -70,7 +70,7 @@ def register_api(ui) -> None:
                    params: str = "{}") -> str:
         """Start a job without waiting; `params` is JSON with JobSpec fields (image_size, model, train, …). Returns its id."""
         ws = _prepare(templates, template_images, specimens)
-        extra = {k: v for k, v in json.loads(params or "{}").items() if k in ("image_size", "orientation", "train", "batch_size", "model")}
+        extra = {k: v for k, v in json.loads(params or "{}").items() if k in SUBMITTABLE_FIELDS}
         extra.setdefault("image_size", ui.config.image_size)
         return ui.backend.start(ui._spec(ws, kind, **extra))
 

@@ -296,7 +296,7 @@ class SamPalApp:
     def _ranked(self, status: JobStatus) -> list[tuple[Path, str, str]]:
         """(overlay, caption, image file) sorted by the quality score, lowest first."""
         report = json.loads(Path(status.files["report"]).read_text())
-        overlays = Path(status.files["overlays"])
+        out = Path(status.files["report"]).parent
         items = []
         for entry in report["images"]:
             if entry["status"] != "ok":
@@ -304,7 +304,7 @@ class SamPalApp:
             scores = [_quality(s) for s in entry["structures"].values()]
             quality = min(scores) if scores else 0.0
             flags = sorted({f for s in entry["structures"].values() for f in s.get("flags", [])})
-            path = overlays / f"{Path(entry['file']).stem}.jpg"
+            path = out / entry["files"]["overlay"]
             if path.is_file():
                 items.append((quality, path, f"{entry['file']} · QC {quality:.2f}" + (f" · {', '.join(flags)}" if flags else ""),
                               entry["file"]))
@@ -350,7 +350,7 @@ class SamPalApp:
             mask = corrected(predicted, value)
         except SamPalError as exc:
             raise _error(exc) from exc
-        _write_mask(status, file_name, structure, ws.structures, mask)
+        _write_mask(status, file_name, structure, mask)
         note = f"{file_name}: {structure} corrected ({int(mask.sum())} px)."
         if to_templates:
             shutil.copy(ws.specimen_dir() / file_name, ws.root / "templates" / file_name)
@@ -425,7 +425,10 @@ def _quality(structure: dict) -> float:
 
 
 def _mask_file(status: JobStatus, file_name: str, structure: str) -> Path:
-    return Path(status.files["masks"]) / f"{Path(file_name).stem}__{structure}.png"
+    """The mask PNG the writer made for this image and structure (its name is cleaned and unique)."""
+    report = Path(status.files["report"])
+    entry = next(e for e in json.loads(report.read_text())["images"] if e["file"] == file_name and e["status"] == "ok")
+    return report.parent / entry["files"]["masks"][structure]
 
 
 def _predicted_mask(status: JobStatus, file_name: str, structure: str, shape: tuple[int, int]) -> np.ndarray:
@@ -433,7 +436,7 @@ def _predicted_mask(status: JobStatus, file_name: str, structure: str, shape: tu
     return np.asarray(Image.open(path)) > 0 if path.is_file() else np.zeros(shape, dtype=bool)
 
 
-def _write_mask(status: JobStatus, file_name: str, structure: str, structures: list[str], mask: np.ndarray) -> None:
+def _write_mask(status: JobStatus, file_name: str, structure: str, mask: np.ndarray) -> None:
     """Replace one structure's mask of one image in the mask PNG and in predictions.json."""
     atomic_save_image(_mask_file(status, file_name, structure), Image.fromarray(mask.astype(np.uint8) * 255))
     path = Path(status.files["predictions"])
