@@ -223,13 +223,14 @@ def _train_config(args: argparse.Namespace):
         cache_bytes=int(args.feature_cache_gb * 2**30),
         cache_dir=args.feature_cache_dir,
         augment=not args.no_augment,
+        max_pixels=args.max_pixels,
         seed=args.seed,
     )
 
 
 def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path | None = None):
     from sam2pal.api import finetune
-    from sam2pal.io.images import list_images, within_pixel_cap
+    from sam2pal.io.images import list_images
 
     config = _train_config(args)
     bar = None if args.quiet else tqdm(desc="fine-tuning", unit="step", file=sys.stderr)
@@ -248,9 +249,7 @@ def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path |
     if len(templates.templates) < 2 and not args.quiet:
         print("one template: nothing to validate on, so the last epoch is kept "
               "(annotate a second template to let validation choose)", file=sys.stderr)
-    specimens, refused = within_pixel_cap(list_images(args.images), args.max_pixels)
-    _warn(refused)
-    result = finetune(model, templates, specimens, out, config, resume, progress)
+    result = finetune(model, templates, list_images(args.images), out, config, resume, progress)
     if bar is not None:
         bar.close()
     if result.validated and not args.quiet:

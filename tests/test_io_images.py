@@ -16,7 +16,6 @@ from sam2pal.io.images import (
     orient_mask,
     scan_images,
     verify_image,
-    within_pixel_cap,
 )
 
 WIDTH, HEIGHT = 64, 48
@@ -294,19 +293,3 @@ def test_scan_images_notes_what_it_does_not_read(tmp_path: Path) -> None:
         ),
         ("raw", "a folder (subfolders are not searched)"),
     ]
-
-
-def test_within_pixel_cap(tmp_path: Path) -> None:
-    Image.new("RGB", (WIDTH, HEIGHT)).save(tmp_path / "small.png")
-    Image.new("RGB", (WIDTH * 2, HEIGHT)).save(tmp_path / "big.png")
-    (tmp_path / "broken.png").write_text("not a png")
-
-    kept, refused = within_pixel_cap(
-        [tmp_path / "small.png", tmp_path / "big.png", tmp_path / "broken.png"], WIDTH * HEIGHT
-    )
-
-    assert [path.name for path in kept] == ["small.png", "broken.png"]
-    assert (
-        len(refused) == 1
-        and "big.png has 6,144 pixels (128x48), over the cap of 3,072" in refused[0]
-    )

@@ -113,6 +113,17 @@ def test_low_memory_returns_freed_memory_on_glibc():
     assert result.stdout.strip() == str(glibc)
 
 
+def test_specimens_over_the_pixel_cap_are_skipped_with_a_warning(tiny, collection, tmp_path):
+    templates = load_templates(collection / "templates.json")
+    specimens = list_images(collection / "specimens")
+    events = []
+    config = TrainConfig(epochs=1, max_pixels=160 * 120 - 1)  # the synthetic specimens are 160x120
+    Trainer(tiny, templates, specimens, tmp_path / "a", config, progress=events.append).run()
+    warnings = [e["message"] for e in events if e["type"] == "warning"]
+    assert len(warnings) == len(specimens) and all("--max-pixels" in w for w in warnings)
+    assert not [e for e in events if e["type"] == "step"]
+
+
 def test_structures_per_pass_must_be_positive():
     with pytest.raises(SamPalError, match="--structures-per-pass"):
         TrainConfig(structures_per_pass=0)

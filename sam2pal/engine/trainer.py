@@ -23,7 +23,7 @@ from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
 from sam2pal.engine.palindrome import CYCLE_MEMORIES, AugmentConfig, augment, palindrome_step, training_mode
 from sam2pal.engine.propagate import full_resolution, segment, template_frame, template_memories
 from sam2pal.errors import SamPalError
-from sam2pal.io.images import load_image
+from sam2pal.io.images import DEFAULT_MAX_PIXELS, load_image
 from sam2pal.io.outputs import atomic_write_json
 from sam2pal.io.templates import TemplateSet
 from sam2pal.metrics import iou
@@ -57,6 +57,7 @@ class TrainConfig:
     cache_dir: Path | None = None  # where features that do not fit go, instead of being re-encoded
     structures_per_pass: int | None = None  # default: all on CUDA, a ~1 GB activation budget elsewhere
     low_memory: bool = False  # one structure per pass everywhere, freed memory returned at once
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger specimens are skipped with a warning
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -183,7 +184,7 @@ class Trainer:
         frame = self.cache.get(key) if self.cache is not None else None
         if frame is None:
             try:
-                image = load_image(path)
+                image = load_image(path, self.config.max_pixels)
             except SamPalError as exc:
                 self.skipped.append(key)
                 self.progress({"type": "warning", "message": str(exc)})

@@ -294,24 +294,3 @@ def scan_images(folder: str | Path) -> ImageFolder:
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly in folder, sorted by name, hidden files skipped."""
     return scan_images(folder).require_images()
-
-
-def within_pixel_cap(paths: list[Path], max_pixels: int) -> tuple[list[Path], list[str]]:
-    """Images at most max_pixels large (from their headers) and a message for each one that is
-    not. Unreadable files are kept: whoever loads them reports them."""
-    kept: list[Path] = []
-    refused: list[str] = []
-    for path in paths:
-        try:
-            width, height = image_header(path).raw_size
-        except SamPalError:
-            kept.append(path)
-            continue
-        if width * height > max_pixels:
-            refused.append(
-                f"{path} has {width * height:,} pixels ({width}x{height}), over the cap of "
-                f"{max_pixels:,}; left out (raise --max-pixels to use it)"
-            )
-        else:
-            kept.append(path)
-    return kept, refused
