@@ -10,6 +10,7 @@ from PIL import Image
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
 from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step, training_mode
 from sam2pal.engine.propagate import Propagator
+from sam2pal.engine.tracking import condition_on_mask, track
 from sam2pal.errors import SamPalError
 from sam2pal.io.templates import load_coco_templates
 from sam2pal.model.adapters import AdapterConfig, prepare
@@ -180,3 +181,32 @@ def test_feature_cache_dir_that_cannot_be_written_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(SamPalError, match="--feature-cache-dir"):
         FeatureCache(spill_dir=blocker / "sub")
+
+
+def test_first_self_attention_runs_once_per_image_with_the_same_result(tiny):
+    """Rows that show one image share memory attention's first self-attention: same logits, same
+    gradients, K-fold fewer rows through it."""
+    params = prepare(tiny, AdapterConfig(mode="lora", lora_rank=4))
+    encoder, x0, y0, x1 = _palindrome_inputs(tiny)
+    training_mode(tiny.sam)
+    template = encoder.flatten(x0.expand(3))
+    with torch.no_grad():
+        memory = condition_on_mask(tiny.sam, template, y0)
+    rows_seen = []
+    tiny.sam.memory_attention.layers[0].self_attn.register_forward_hook(
+        lambda module, args, output: rows_seen.append(output.shape[0])
+    )
+    results = {}
+    for rows_per_image in (1, 3):
+        for p in params:
+            p.grad = None
+        output = track(tiny.sam, encoder.flatten(x1.expand(3)), [memory], rows_per_image)
+        output.high_res_logits.sum().backward()
+        results[rows_per_image] = (output.high_res_logits.detach(), [p.grad.clone() for p in params])
+    assert rows_seen == [3, 1]
+    (logits_1, grads_1), (logits_3, grads_3) = results[1], results[3]
+    assert logits_1.abs().max() > 0.01
+    assert torch.allclose(logits_1, logits_3, atol=1e-5, rtol=0)
+    assert any(g.abs().sum() > 0 for g in grads_1)
+    for alone, shared in zip(grads_1, grads_3):
+        assert torch.allclose(alone, shared, rtol=1e-3, atol=1e-6)

@@ -70,7 +70,7 @@ def segment(encoder: Encoder, frame: Frame, memories: list[Memory], count: int) 
     rows = torch.arange(frame.batch).repeat_interleave(count)
     flat = encoder.flatten(frame.select(rows) if frame.batch > 1 else frame.expand(count))
     with encoder.loaded.autocast():
-        return track(encoder.loaded.sam, flat, [repeat_memory(m, frame.batch) for m in memories])
+        return track(encoder.loaded.sam, flat, [repeat_memory(m, frame.batch) for m in memories], count)
 
 
 def full_resolution(low_res_logits: torch.Tensor, height: int, width: int) -> np.ndarray:

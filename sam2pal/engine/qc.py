@@ -62,7 +62,7 @@ def round_trip_iou(
         memory = condition_on_mask(sam, flat, (output.high_res_logits > 0).float())
         scores = []
         for truth in truths:
-            back = track(sam, encoder.flatten(truth.frame.expand(rows)), [memory])
+            back = track(sam, encoder.flatten(truth.frame.expand(rows)), [memory], rows)
             iou = _iou(back.low_res_logits[:, 0] > 0, truth.masks.repeat(specimens.batch, 1, 1))
             annotated = truth.annotated.repeat(specimens.batch)
             scores.append(torch.where(annotated, iou, torch.full_like(iou, float("nan"))))

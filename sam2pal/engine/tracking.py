@@ -88,17 +88,47 @@ def repeat_memory(memory: Memory, times: int) -> Memory:
     }
 
 
-def track(sam: torch.nn.Module, frame: Flat, memories: list[Memory]) -> TrackOutput:
+@contextmanager
+def first_self_attention_per_image(sam: torch.nn.Module, rows_per_image: int) -> Iterator[None]:
+    """Memory attention's first layer attends over the image alone (memories enter at its
+    cross-attention), so rows that show the same image get the same result: compute it once
+    per image. Rows must come in runs of `rows_per_image` equal images (image-major).
+
+    With K structures per image this removes K-1 of every K first-layer self-attentions, in
+    training (forward and backward) and prediction alike.
+    """
+    attention = sam.memory_attention
+    if rows_per_image == 1 or not attention.batch_first:
+        yield
+        return
+    layer = attention.layers[0]
+    per_row = layer._forward_sa
+
+    def per_image(tgt: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        shared = per_row(tgt[::rows_per_image], query_pos[::rows_per_image])
+        return shared.repeat_interleave(rows_per_image, dim=0)
+
+    layer._forward_sa = per_image
+    try:
+        yield
+    finally:
+        del layer._forward_sa
+
+
+def track(sam: torch.nn.Module, frame: Flat, memories: list[Memory], rows_per_image: int = 1) -> TrackOutput:
     """Segment `frame` from conditioning memories placed at frames 0..M-1; it is frame M of M+1.
 
     Training and inference use the same frame indices, so the temporal encodings the model
-    learns with are the ones it meets at inference.
+    learns with are the ones it meets at inference. `rows_per_image`: the frame's rows come in
+    runs of that many copies of one image (K structures of a specimen), which lets work that
+    depends on the image alone run once per image.
     """
     frame_idx = len(memories)
     output_dict = {"cond_frame_outputs": dict(enumerate(memories)), "non_cond_frame_outputs": {}}
-    _, outputs, _, _ = sam._track_step(
-        frame_idx, False, frame.feats, frame.pos, frame.sizes, None, None, output_dict, frame_idx + 1, False, None
-    )
+    with first_self_attention_per_image(sam, rows_per_image):
+        _, outputs, _, _ = sam._track_step(
+            frame_idx, False, frame.feats, frame.pos, frame.sizes, None, None, output_dict, frame_idx + 1, False, None
+        )
     _, _, ious, low_res, high_res, obj_ptr, score = outputs
     if ious.shape[1] > 1:
         best = torch.argmax(ious, dim=-1)
