@@ -6,6 +6,7 @@ it, and hands back its result files. The web app talks only to this interface.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 
 from sam2pal.jobs import JobSpec, JobStatus
@@ -25,6 +26,15 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, job_id: str) -> None:
         """Ask the job to stop; a queued job never starts."""
+
+    def wait(self, job_id: str, timeout: float | None = None, poll: float = 0.2) -> JobStatus:
+        """Block until the job ends or `timeout` seconds pass; the status either way."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (status := self.status(job_id)).finished:
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(poll)
+        return status
 
     def files(self, job_id: str) -> dict[str, str]:
         """Result files of a finished job (name -> local path)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +173,48 @@ def test_the_model_is_picked_per_run_among_those_the_server_offers(tmp_path, col
     assert recorder.specs[-1].model == "random:small" and recorder.specs[-1].kind == "predict"
     with pytest.raises(gr.Error, match="not offered"):
         ui.start_training(1, "lora", None, "256", "facebook/sam2.1-hiera-large", token)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_a_correction_in_the_review_updates_mask_overlay_coco_and_ranking(backend, tmp_path, collection):
+    import gradio as gr
+
+    ui = SamPalApp(CONFIG, backend, Workspaces(tmp_path))
+    token, ws = ui.workspaces.get(None)
+    ws.import_coco(str(collection / "templates.json"), [str(collection / "template_0.png"), str(collection / "template_1.png")])
+    ws.add_specimens([str(p) for p in sorted((collection / "specimens").iterdir())], Limits())
+    ui.start_prediction("none", "none", str(IMAGE_SIZE), "random:tiny", token)
+    status = backend.wait(ws.job("predict"), timeout=300)
+    assert status.state == "done", status.error
+    line, gallery = ui.prediction_view(token)
+    worst = gallery[0][1]
+
+    file_name, editor, dropdown = ui.open_correction(token, None, gr.SelectData(target=None, data={"index": 0, "value": None}))
+    assert worst.startswith(file_name)
+    structure = ws.structures[0]
+    out = Path(status.files["report"]).parent
+    entry = next(e for e in json.loads((out / "report.json").read_text())["images"] if e["file"] == file_name)
+    predicted = np.asarray(Image.open(out / entry["files"]["masks"][structure])) > 0
+    overlay_before = np.asarray(Image.open(out / entry["files"]["overlay"])).astype(int)
+    height, width = predicted.shape
+    add = np.zeros((height, width, 4), dtype=np.uint8)
+    add[10:40, 10:60] = 255
+    remove = np.zeros((height, width, 4), dtype=np.uint8)
+    remove[100:, :] = 255
+    note, *_ = ui.apply_correction({"layers": [add, remove]}, file_name, structure, False, token)
+
+    expected = predicted.copy()
+    expected[10:40, 10:60] = True
+    expected[100:, :] = False
+    assert note == f"{file_name}: {structure} corrected ({int(expected.sum())} px)."
+    assert np.array_equal(np.asarray(Image.open(out / entry["files"]["masks"][structure])) > 0, expected)
+    assert np.abs(np.asarray(Image.open(out / entry["files"]["overlay"])).astype(int) - overlay_before).max() > 50
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(out / "predictions.json"))
+    image_id = next(i["id"] for i in coco.dataset["images"] if i["file_name"] == file_name)
+    category = ws.structures.index(structure) + 1
+    (annotation,) = coco.loadAnns(coco.getAnnIds(imgIds=[image_id], catIds=[category]))
+    assert np.array_equal(coco.annToMask(annotation) > 0, expected)
+    _, gallery = ui.prediction_view(token)
+    caption = next(c for _, c in gallery if c.startswith(file_name))
+    assert f"corrected: {structure}" in caption

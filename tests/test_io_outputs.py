@@ -22,6 +22,7 @@ from sam2pal.io.outputs import (
     atomic_write_bytes,
     atomic_write_json,
     overlay,
+    replace_mask,
     structure_color,
 )
 
@@ -415,3 +416,78 @@ def test_zip_bundles_the_results_and_notes_are_reported(tmp_path: Path) -> None:
         "seconds": None,
         "structures": {},
     }
+
+
+def _quality(round_trip: float, flags: list[str]) -> dict:
+    return {"round_trip_iou": round_trip, "confidence": 0.9, "area_ratio": 1.0, "flags": flags}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_a_correction_reaches_every_file_and_survives_a_resumed_run(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, zip=True)
+    writer.add(Path("a.jpg"), IMAGE, _masks(1), scores=[0.9, 0.2],
+               quality=[_quality(0.9, []), _quality(0.1, ["low_round_trip_iou"])])
+    writer.add(Path("b.jpg"), IMAGE, _masks(2), scores=[0.8, 0.7],
+               quality=[_quality(0.5, []), _quality(0.6, [])])
+    writer.add_failure(Path("c.jpg"), "cannot decode image c.jpg")
+    assert writer.close()["review_order"] == ["a.jpg", "b.jpg"]
+    overlay_before = np.asarray(Image.open(tmp_path / "overlays" / "a.jpg"))
+    fixed = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    fixed[20:30, 40:60] = True
+
+    replace_mask(tmp_path, "a.jpg", "leg", fixed, IMAGE)
+
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "masks" / "a__leg.png")) > 0, fixed)
+    shown = np.asarray(Image.open(tmp_path / "overlays" / "a.jpg")).astype(int)
+    assert np.abs(shown - overlay_before).max() > 50  # redrawn where the leg now is
+    report = json.loads((tmp_path / "report.json").read_text())
+    entry = report["images"][0]
+    assert entry["structures"]["leg"] == {"area": 200, "score": None, "corrected": True}
+    assert entry["qc_score"] == 0.9 and entry["flags"] == []  # only the eye is left to judge by
+    assert report["review_order"] == ["b.jpg", "a.jpg"]
+    assert [e["status"] for e in report["images"]] == ["ok", "ok", "failed"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(tmp_path / "predictions.json"))
+    (leg,) = coco.loadAnns(coco.getAnnIds(imgIds=[1], catIds=[2]))
+    assert np.array_equal(coco.annToMask(leg) > 0, fixed) and leg["corrected"] is True
+    assert len(coco.getAnnIds()) == 4 and len({a["id"] for a in coco.dataset["annotations"]}) == 4
+    with zipfile.ZipFile(tmp_path / "results.zip") as bundle:
+        assert json.loads(bundle.read("report.json")) == report
+
+    resumed = _writer(tmp_path)  # a later run into the folder rebuilds the COCO file from records
+    assert resumed.is_done(Path("a.jpg"))
+    resumed.close()
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(tmp_path / "predictions.json"))
+    (leg,) = coco.loadAnns(coco.getAnnIds(imgIds=[1], catIds=[2]))
+    assert np.array_equal(coco.annToMask(leg) > 0, fixed)
+
+
+def test_an_emptied_structure_loses_its_annotation_and_polygon_runs_stay_polygons(tmp_path: Path) -> None:
+    writer = _writer(tmp_path, polygons=True)
+    writer.add(Path("a.jpg"), IMAGE, _masks(1))
+    writer.close()
+    replace_mask(tmp_path, "a.jpg", "eye", np.zeros((HEIGHT, WIDTH), dtype=bool), IMAGE)
+    grown = _masks(1)[1]
+    grown[0:5, 0:5] = True
+    replace_mask(tmp_path, "a.jpg", "leg", grown, IMAGE)
+
+    coco = json.loads((tmp_path / "predictions.json").read_text())
+    assert [a["category_id"] for a in coco["annotations"]] == [2]
+    assert isinstance(coco["annotations"][0]["segmentation"], list)
+    assert coco["annotations"][0]["area"] == int(grown.sum())
+    assert not (np.asarray(Image.open(tmp_path / "masks" / "a__eye.png")) > 0).any()
+
+
+def test_a_correction_names_what_it_cannot_find(tmp_path: Path) -> None:
+    mask = np.zeros((HEIGHT, WIDTH), dtype=bool)
+    with pytest.raises(SamPalError, match="report.json is missing"):
+        replace_mask(tmp_path, "a.jpg", "eye", mask, IMAGE)
+    writer = _writer(tmp_path)
+    writer.add(Path("a.jpg"), IMAGE, _masks(1))
+    writer.add_failure(Path("b.jpg"), "cannot decode image b.jpg")
+    writer.close()
+    with pytest.raises(SamPalError, match="b.jpg has no segmentation"):
+        replace_mask(tmp_path, "b.jpg", "eye", mask, IMAGE)
+    with pytest.raises(SamPalError, match="'wing' is not one of this run's structures: eye, leg"):
+        replace_mask(tmp_path, "a.jpg", "wing", mask, IMAGE)

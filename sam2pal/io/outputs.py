@@ -529,6 +529,71 @@ class PredictionWriter:
         return report
 
 
+def replace_mask(out_dir: str | Path, file_name: str, structure: str, mask: np.ndarray, image: np.ndarray) -> None:
+    """A reviewer's correction of one structure on one image of a finished run, written
+    everywhere the run wrote that mask: the PNG, the overlay, the image's record (so a resumed
+    run keeps it), predictions.json, report.json and results.zip if there is one.
+
+    The structure loses its score and quality-check numbers and is marked `corrected`: a
+    person has checked it, so it no longer pulls the image up the review order.
+    """
+    out_dir = Path(out_dir)
+    report = _read_object(out_dir / REPORT_NAME)
+    if report is None:
+        raise SamPalError(f"{out_dir / REPORT_NAME} is missing or damaged: run predict into {out_dir} again")
+    entry = next((e for e in report["images"] if e["file"] == file_name and e["status"] == "ok"), None)
+    if entry is None:
+        raise SamPalError(f"{file_name} has no segmentation in {out_dir}; pick an image the run segmented")
+    structures = report["structures"]
+    if structure not in structures:
+        raise SamPalError(f"{structure!r} is not one of this run's structures: {', '.join(structures)}")
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != image.shape[:2]:
+        raise ValueError(f"mask for {file_name} is {mask.shape}, the image is {image.shape[:2]}")
+
+    atomic_save_image(out_dir / entry["files"]["masks"][structure], Image.fromarray(mask.astype(np.uint8) * 255))
+    masks = [mask if name == structure else np.asarray(Image.open(out_dir / entry["files"]["masks"][name])) > 0
+             for name in structures]
+    atomic_save_image(out_dir / entry["files"]["overlay"], overlay(image, masks, structures), quality=90)
+
+    entry["structures"][structure] = {"area": mask_area(mask), "score": None, "corrected": True}
+    if "qc_score" in entry:
+        checked = [s["qc"] for s in entry["structures"].values() if "qc" in s]
+        entry.update(_review_fields(checked, entry.get("orientation")))
+    category = structures.index(structure) + 1
+    annotation = {"category_id": category, "segmentation": encode_rle(mask), "area": mask_area(mask),
+                  "bbox": mask_bbox(mask), "iscrowd": 0, "corrected": True}
+
+    stem = Path(entry["files"]["overlay"]).stem
+    record = _read_record(out_dir / RECORDS_DIR / f"{stem}.json")
+    if record is not None:
+        record["report"] = entry
+        record["annotations"] = [a for a in record["annotations"] if a["category_id"] != category]
+        record["annotations"] += [annotation] if mask.any() else []
+        atomic_write_json(out_dir / RECORDS_DIR / f"{stem}.json", record)
+
+    coco = _read_object(out_dir / PREDICTIONS_NAME)
+    if coco is None:
+        raise SamPalError(f"{out_dir / PREDICTIONS_NAME} is missing or damaged: run predict into {out_dir} again")
+    image_id = next(i["id"] for i in coco["images"] if i["file_name"] == file_name)
+    polygons = any(isinstance(a["segmentation"], list) for a in coco["annotations"])
+    kept = [a for a in coco["annotations"] if (a["image_id"], a["category_id"]) != (image_id, category)]
+    if mask.any():
+        segmentation = mask_polygons(mask) if polygons else annotation["segmentation"]
+        kept.append({"id": max((a["id"] for a in coco["annotations"]), default=0) + 1, "image_id": image_id,
+                     **annotation, "segmentation": segmentation})
+    coco["annotations"] = kept
+    atomic_write_json(out_dir / PREDICTIONS_NAME, coco)
+
+    ok = [e for e in report["images"] if e["status"] == "ok"]
+    report["review_order"] = [e["file"] for e in sorted((e for e in ok if e.get("qc_score") is not None),
+                                                        key=lambda e: e["qc_score"])]
+    atomic_write_json(out_dir / REPORT_NAME, report)
+    if (out_dir / ZIP_NAME).is_file():
+        files = [name for e in ok for name in [*e["files"]["masks"].values(), e["files"]["overlay"]]]
+        write_zip(out_dir / ZIP_NAME, out_dir, [PREDICTIONS_NAME, REPORT_NAME, *files])
+
+
 def write_zip(path: Path, folder: Path, names: list[str]) -> None:
     """Zip folder/name for each name, atomically; PNG and JPEG are stored (already compressed)."""
     with atomic_file(path) as temp, zipfile.ZipFile(temp, "w") as bundle:

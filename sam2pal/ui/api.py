@@ -8,7 +8,6 @@ its own workspace, like a browser session.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,8 +38,7 @@ def register_api(ui) -> None:
         return ws
 
     def _wait(job_id: str) -> JobStatus:
-        while not (status := ui.backend.status(job_id)).finished:
-            time.sleep(_POLL_SECONDS)
+        status = ui.backend.wait(job_id, poll=_POLL_SECONDS)
         if status.state != "done":
             raise gr.Error(status.error or f"job {status.state}")
         return status

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,7 @@ from PIL import Image
 from backends.base import Backend
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import load_image
-from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
-from sam2pal.io.outputs import STRUCTURE_COLORS, atomic_save_image, atomic_write_json
+from sam2pal.io.outputs import replace_mask, structure_color
 from sam2pal.jobs import JobSpec, JobStatus, zip_folder
 from sam2pal.ui.api import register_api
 from sam2pal.ui.editing import corrected, editor_image, layer_masks, overview, review_items, tinted
@@ -46,7 +44,7 @@ def _hex(color: tuple[int, int, int]) -> str:
 
 
 def _editor(names: list[str], value=None) -> gr.ImageEditor:
-    colors = [_hex(STRUCTURE_COLORS[i % len(STRUCTURE_COLORS)]) for i in range(max(1, len(names)))]
+    colors = [_hex(structure_color(i)) for i in range(max(1, len(names)))]
     return gr.ImageEditor(
         value=value,
         layers=gr.LayerOptions(layers=names or ["structure"], allow_additional_layers=False),
@@ -159,7 +157,7 @@ class SamPalApp:
         spec = JobSpec(kind="points", workdir=str(ws.job_dir()), templates="", images=str(ws.root / "templates" / name),
                        model=self.config.model, image_size=self.config.image_size, device=self.config.device,
                        points=points)
-        status = _wait(self.backend, self.backend.start(spec))
+        status = self.backend.wait(self.backend.start(spec), timeout=600)  # a click's mask
         if status.state != "done":
             raise gr.Error(status.error or f"the click job was {status.state}")
         mask = np.asarray(Image.open(status.files["mask"])) > 0
@@ -303,11 +301,13 @@ class SamPalApp:
                 continue
             scores = [_quality(s) for s in entry["structures"].values()]
             quality = min(scores) if scores else 0.0
-            flags = sorted({f for s in entry["structures"].values() for f in s.get("flags", [])})
+            flags = entry.get("flags", [])  # the quality check's, over every structure not yet corrected
+            fixed = [name for name, s in entry["structures"].items() if s.get("corrected")]
+            caption = f"{entry['file']} · QC {quality:.2f}" + (f" · {', '.join(flags)}" if flags else "")
+            caption += f" · corrected: {', '.join(fixed)}" if fixed else ""
             path = out / entry["files"]["overlay"]
             if path.is_file():
-                items.append((quality, path, f"{entry['file']} · QC {quality:.2f}" + (f" · {', '.join(flags)}" if flags else ""),
-                              entry["file"]))
+                items.append((quality, path, caption, entry["file"]))
         return [(p, c, f) for _, p, c, f in sorted(items, key=lambda item: item[0])]
 
     # --- corrections ------------------------------------------------------------------------
@@ -339,7 +339,8 @@ class SamPalApp:
         return self._correction_editor(ws, status, file_name, structure)
 
     def apply_correction(self, value: dict | None, file_name: str | None, structure: str | None, to_templates: bool, token: str):
-        """Write the corrected mask into the results (PNG and COCO) and, if asked, into the templates."""
+        """Write the corrected mask into the results (PNG, overlay, COCO, report) and, if asked,
+        into the templates."""
         ws = self._ws(token)
         status = self._status(ws, "predict")
         if not file_name or not structure or status is None:
@@ -350,7 +351,10 @@ class SamPalApp:
             mask = corrected(predicted, value)
         except SamPalError as exc:
             raise _error(exc) from exc
-        _write_mask(status, file_name, structure, mask)
+        try:
+            replace_mask(Path(status.files["report"]).parent, file_name, structure, mask, image)
+        except SamPalError as exc:
+            raise _error(exc) from exc
         note = f"{file_name}: {structure} corrected ({int(mask.sum())} px)."
         if to_templates:
             shutil.copy(ws.specimen_dir() / file_name, ws.root / "templates" / file_name)
@@ -394,14 +398,6 @@ class SamPalApp:
         return "Adapter uploaded; choose 'uploaded' when segmenting."
 
 
-def _wait(backend: Backend, job_id: str, timeout: float = 600.0) -> JobStatus:
-    """Block until a short job ends (a click's mask); long jobs are polled by the page instead."""
-    deadline = time.monotonic() + timeout
-    while not (status := backend.status(job_id)).finished and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return status
-
-
 def _with_points(image: np.ndarray, points: list, scale: float) -> np.ndarray:
     """The click image at editor size with green (inside) and red (outside) dots."""
     from PIL import ImageDraw
@@ -417,7 +413,10 @@ def _with_points(image: np.ndarray, points: list, scale: float) -> np.ndarray:
 
 
 def _quality(structure: dict) -> float:
-    """The number a reviewer sorts by: the round-trip IoU where there is one, else the score."""
+    """The number a reviewer sorts by: the round-trip IoU where there is one, else the score; a
+    structure a person corrected counts as right."""
+    if structure.get("corrected"):
+        return 1.0
     value = (structure.get("qc") or {}).get("round_trip_iou")
     if value is None:
         value = structure.get("score")
@@ -434,22 +433,6 @@ def _mask_file(status: JobStatus, file_name: str, structure: str) -> Path:
 def _predicted_mask(status: JobStatus, file_name: str, structure: str, shape: tuple[int, int]) -> np.ndarray:
     path = _mask_file(status, file_name, structure)
     return np.asarray(Image.open(path)) > 0 if path.is_file() else np.zeros(shape, dtype=bool)
-
-
-def _write_mask(status: JobStatus, file_name: str, structure: str, mask: np.ndarray) -> None:
-    """Replace one structure's mask of one image in the mask PNG and in predictions.json."""
-    atomic_save_image(_mask_file(status, file_name, structure), Image.fromarray(mask.astype(np.uint8) * 255))
-    path = Path(status.files["predictions"])
-    coco = json.loads(path.read_text())
-    image = next(i for i in coco["images"] if i["file_name"] == file_name)
-    category = next(c["id"] for c in coco["categories"] if c["name"] == structure)
-    kept = [a for a in coco["annotations"] if not (a["image_id"] == image["id"] and a["category_id"] == category)]
-    if mask.any():
-        kept.append({"id": max((a["id"] for a in coco["annotations"]), default=0) + 1, "image_id": image["id"],
-                     "category_id": category, "segmentation": encode_rle(mask), "area": mask_area(mask),
-                     "bbox": mask_bbox(mask), "iscrowd": 0, "corrected": True})
-    coco["annotations"] = kept
-    atomic_write_json(path, coco)
 
 
 def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Workspaces | None = None) -> gr.Blocks:
