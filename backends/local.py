@@ -2,7 +2,9 @@
 
 Each job runs in its own spawned process, so a crash or an out-of-memory kill in the model never
 takes the web server down. One job runs at a time (one GPU, or a few CPU cores); the others wait
-in order.
+in order. Click jobs (a mask from points) go beside that queue to one long-lived process that
+keeps the model loaded and the image encoded: a click must answer in a moment, not after a
+fine-tune or a model load.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ from __future__ import annotations
 import multiprocessing
 import queue
 import threading
+import time
 import traceback
 from dataclasses import dataclass
 
 from backends.base import Backend
-from sam2pal.jobs import JobCancelled, JobSpec, JobStatus, apply_event, run_job
+from sam2pal.jobs import JobCancelled, JobSpec, JobStatus, PointsRunner, apply_event, run_job
 
 _GRACE_SECONDS = 15.0
+_CLICK_IDLE_SECONDS = 600.0  # the click process (and its model) goes after this long unused
 
 
 def _worker(spec_json: str, events, stop) -> None:
@@ -35,6 +39,80 @@ def _worker(spec_json: str, events, stop) -> None:
         events.put({"type": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
 
 
+def _click_worker(connection) -> None:
+    """Entry point of the click process: answer click jobs until told to stop (None)."""
+    from sam2pal.errors import SamPalError
+
+    runner = PointsRunner()
+    while True:
+        try:
+            spec_json = connection.recv()
+        except EOFError:  # the server went away
+            return
+        if spec_json is None:
+            return
+        try:
+            connection.send({"type": "done", "files": runner.run(JobSpec.from_json(spec_json))})
+        except SamPalError as exc:
+            connection.send({"type": "error", "message": str(exc)})
+        except Exception as exc:  # report it and keep serving clicks
+            connection.send({"type": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+
+
+class _ClickLane:
+    """One long-lived process for click jobs, started on the first click and stopped when idle."""
+
+    def __init__(self, context, idle_seconds: float):
+        self._context = context
+        self._idle_seconds = idle_seconds
+        self._process = None
+        self._connection = None
+        self._last_used = 0.0
+        self._lock = threading.Lock()
+
+    def run(self, spec: JobSpec) -> tuple[dict | None, int | None]:
+        """The job's final event, or None and the exit code if the process died on it."""
+        with self._lock:
+            if self._process is None or not self._process.is_alive():
+                self._connection, child = self._context.Pipe()
+                self._process = self._context.Process(target=_click_worker, args=(child,), daemon=True,
+                                                      name="sam2pal-clicks")
+                self._process.start()
+                child.close()
+            self._connection.send(spec.to_json())
+            while not self._connection.poll(0.5):
+                if not self._process.is_alive():
+                    self._process.join()
+                    return None, self._process.exitcode
+            final = self._connection.recv()
+            self._last_used = time.monotonic()
+        timer = threading.Timer(self._idle_seconds, self._stop_if_idle)
+        timer.daemon = True
+        timer.start()
+        return final, None
+
+    def _stop_if_idle(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._last_used >= self._idle_seconds:
+                self._stop()
+
+    def close(self) -> None:
+        """Stop the process (its model and features are freed); the next click starts another."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._process is None:
+            return
+        if self._process.is_alive():
+            self._connection.send(None)
+            self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.terminate()
+        self._connection.close()
+        self._process = self._connection = None
+
+
 @dataclass
 class _Job:
     spec: JobSpec
@@ -46,8 +124,9 @@ class _Job:
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self) -> None:
+    def __init__(self, click_idle_seconds: float = _CLICK_IDLE_SECONDS) -> None:
         self._context = multiprocessing.get_context("spawn")
+        self._clicks = _ClickLane(self._context, click_idle_seconds)
         self._jobs: dict[str, _Job] = {}
         self._waiting: list[str] = []
         self._running: str | None = None
@@ -58,10 +137,21 @@ class LocalBackend(Backend):
 
     def start(self, spec: JobSpec) -> str:
         with self._lock:
-            self._jobs[spec.job_id] = _Job(spec, JobStatus(spec.job_id, spec.kind, "queued", message="waiting"))
-            self._waiting.append(spec.job_id)
-        self._next()
+            job = self._jobs[spec.job_id] = _Job(spec, JobStatus(spec.job_id, spec.kind, "queued", message="waiting"))
+            if spec.kind != "points":
+                self._waiting.append(spec.job_id)
+        if spec.kind == "points":
+            threading.Thread(target=self._click, args=(job,), daemon=True).start()
+        else:
+            self._next()
         return spec.job_id
+
+    def _click(self, job: _Job) -> None:
+        with self._lock:
+            job.status.state = "running"
+        final, exitcode = self._clicks.run(job.spec)
+        with self._lock:
+            self._finish(job.status, final, exitcode, cancelled=False)
 
     def _next(self) -> None:
         with self._lock:
@@ -96,20 +186,24 @@ class LocalBackend(Backend):
                     apply_event(job.status, event)
         job.process.join(timeout=_GRACE_SECONDS)
         with self._lock:
-            status = job.status
-            if final is None:
-                status.state = "failed"
-                status.error = (f"the job's worker process ended with exit code {job.process.exitcode} "
-                                "(out of memory?); try a smaller --image-size or batch size")
-            elif final["type"] == "done":
-                status.state, status.progress, status.files = "done", 1.0, final["files"]
-            elif final["type"] == "cancelled" or job.stop.is_set():
-                status.state = "cancelled"
-            else:
-                status.state, status.error = "failed", final["message"]
-            status.message = status.error or status.state
+            self._finish(job.status, final, job.process.exitcode, job.stop.is_set())
             self._running = None
         self._next()
+
+    @staticmethod
+    def _finish(status: JobStatus, final: dict | None, exitcode: int | None, cancelled: bool) -> None:
+        """The job's end state from its last event (None: the process died first)."""
+        if final is None:
+            status.state = "failed"
+            status.error = (f"the job's worker process ended with exit code {exitcode} "
+                            "(out of memory?); try a smaller --image-size or batch size")
+        elif final["type"] == "done":
+            status.state, status.progress, status.files = "done", 1.0, final["files"]
+        elif final["type"] == "cancelled" or cancelled:
+            status.state = "cancelled"
+        else:
+            status.state, status.error = "failed", final["message"]
+        status.message = status.error or status.state
 
     def status(self, job_id: str) -> JobStatus:
         with self._lock:
@@ -133,6 +227,7 @@ class LocalBackend(Backend):
             job.process.terminate()
 
     def close(self) -> None:
+        self._clicks.close()
         with self._lock:
             self._waiting.clear()
             jobs = list(self._jobs.values())

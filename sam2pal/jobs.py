@@ -97,7 +97,7 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
 
     workdir = Path(spec.workdir)
     if spec.kind == "points":
-        return _points(spec, workdir)
+        return PointsRunner().run(spec)
     emit({"type": "message", "message": "loading templates and model"})
     templates = api.load_templates(spec.templates, spec.template_images)
     model = api.load_model(spec.model, spec.image_size, spec.device)
@@ -130,21 +130,38 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     }
 
 
-def _points(spec: JobSpec, workdir: Path) -> dict[str, str]:
-    """A mask from clicks on one image, saved as a PNG."""
-    import numpy as np
-    from PIL import Image
+class PointsRunner:
+    """Runs click jobs, keeping each model loaded and the last images' features encoded.
 
-    from sam2pal import api
-    from sam2pal.engine.points import mask_from_points
-    from sam2pal.io.images import load_image
-    from sam2pal.io.outputs import atomic_save_image
+    A fresh runner per job (what `run_job` does) loads the model and encodes the image every
+    click; a worker that keeps one runner answers a second click on the same image with the
+    prompt decoder alone.
+    """
 
-    model = api.load_model(spec.model, spec.image_size, spec.device)
-    mask = mask_from_points(model, load_image(spec.images), [tuple(p) for p in spec.points])
-    path = workdir / "mask.png"
-    atomic_save_image(path, Image.fromarray(mask.astype(np.uint8) * 255))
-    return {"mask": str(path)}
+    def __init__(self) -> None:
+        self._prompters: dict[tuple, object] = {}
+
+    def run(self, spec: JobSpec) -> dict[str, str]:
+        """A mask from clicks on the image `spec.images`, saved as workdir/mask.png."""
+        import numpy as np
+        from PIL import Image
+
+        from sam2pal import api
+        from sam2pal.engine.points import PointPrompter
+        from sam2pal.io.images import load_image
+        from sam2pal.io.outputs import atomic_save_image
+
+        model_key = (spec.model, spec.image_size, spec.device)
+        if model_key not in self._prompters:
+            self._prompters.clear()  # one model in memory at a time
+            self._prompters[model_key] = PointPrompter(api.load_model(spec.model, spec.image_size, spec.device))
+        image_path = Path(spec.images)
+        image = load_image(image_path)
+        key = f"{image_path}:{image_path.stat().st_mtime_ns}"  # a replaced file is encoded again
+        mask = self._prompters[model_key].mask(image, [tuple(p) for p in spec.points], key=key)
+        path = Path(spec.workdir) / "mask.png"
+        atomic_save_image(path, Image.fromarray(mask.astype(np.uint8) * 255))
+        return {"mask": str(path)}
 
 
 def apply_event(status: JobStatus, event: dict) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from backends import available, get_backend
 from backends.local import LocalBackend
@@ -21,13 +23,9 @@ def _spec(collection, tmp_path, kind="predict", **extra) -> JobSpec:
 
 
 def _wait(backend, job_id, timeout=240) -> JobStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = backend.status(job_id)
-        if status.finished:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not finish: {backend.status(job_id)}")
+    status = backend.wait(job_id, timeout=timeout)
+    assert status.finished, f"job {job_id} did not finish: {status}"
+    return status
 
 
 @pytest.fixture
@@ -83,6 +81,31 @@ def test_a_killed_worker_fails_its_job_and_the_next_job_still_runs(backend, coll
     failed = _wait(backend, doomed)
     assert failed.state == "failed" and "exit code" in failed.error
     assert _wait(backend, after).state == "done"
+
+
+def test_clicks_skip_the_queue_and_share_one_process_until_idle(collection, tmp_path):
+    backend = LocalBackend(click_idle_seconds=1.0)
+    backend._running = "a fine-tune"  # the job queue is busy: a queued job would wait for it
+    try:
+        def click(name):
+            spec = JobSpec(kind="points", workdir=str(tmp_path / name), templates="",
+                           images=str(collection / "template_0.png"), model="random:tiny",
+                           image_size=IMAGE_SIZE, device="cpu", points=[[40, 60, 1]])
+            status = _wait(backend, backend.start(spec), timeout=120)
+            assert status.state == "done", status.error
+            return (np.asarray(Image.open(status.files["mask"])) > 0), backend._clicks._process.pid
+
+        first, pid = click("first")
+        second, same_pid = click("second")
+        assert first.shape == (120, 160) and np.array_equal(first, second)
+        assert same_pid == pid  # the model stayed loaded in one process
+        time.sleep(2.5)
+        assert backend._clicks._process is None  # idle: its memory is given back
+        third, new_pid = click("third")
+        assert new_pid != pid and third.shape == (120, 160)
+    finally:
+        backend.close()
+    assert backend._clicks._process is None
 
 
 def test_cancel_a_queued_and_a_running_job(backend, collection, tmp_path):

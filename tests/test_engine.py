@@ -9,6 +9,7 @@ from PIL import Image
 
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
 from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step, training_mode
+from sam2pal.engine.points import PointPrompter
 from sam2pal.engine.propagate import Propagator
 from sam2pal.engine.tracking import condition_on_mask, track
 from sam2pal.errors import SamPalError
@@ -210,3 +211,19 @@ def test_first_self_attention_runs_once_per_image_with_the_same_result(tiny):
     assert any(g.abs().sum() > 0 for g in grads_1)
     for alone, shared in zip(grads_1, grads_3):
         assert torch.allclose(alone, shared, rtol=1e-3, atol=1e-6)
+
+
+def test_clicks_on_one_image_encode_it_once(tiny):
+    image, _ = draw_specimen(160, 120, 3, seed=4)
+    prompter = PointPrompter(tiny, images_kept=2)
+    first = prompter.mask(image, [(40.0, 60.0, 1)], key="a")
+    again = prompter.mask(image, [(40.0, 60.0, 1), (100.0, 20.0, 0)], key="a")
+    assert prompter.encoded == 1
+    assert first.shape == again.shape == (120, 160) and first.dtype == bool
+    fresh = PointPrompter(tiny).mask(image, [(40.0, 60.0, 1), (100.0, 20.0, 0)])
+    assert again.any() and np.array_equal(again, fresh)  # cached features: the mask a fresh encode gives
+    for key in ("b", "c", "a"):  # "a" was pushed out by two newer images
+        prompter.mask(image, [(40.0, 60.0, 1)], key=key)
+    assert prompter.encoded == 4
+    with pytest.raises(SamPalError, match="click at least one point"):
+        prompter.mask(image, [], key="a")
