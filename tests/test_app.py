@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -108,6 +110,19 @@ def test_sessions_are_isolated_and_tokens_re_attach(tmp_path):
     assert first != second and ws1.root != ws2.root
     assert workspaces.get(first)[1].root == ws1.root
     assert workspaces.get("../../etc")[0] != "../../etc"  # forged tokens get a fresh workspace
+
+
+def test_idle_sessions_are_removed_by_a_sweep_at_most_every_interval(tmp_path):
+    workspaces = Workspaces(tmp_path, max_age=3600, sweep_interval=3600)
+    old, old_ws = workspaces.get(None)
+    kept, kept_ws = workspaces.get(None)
+    two_hours_ago = time.time() - 7200
+    os.utime(old_ws.root, (two_hours_ago, two_hours_ago))
+    assert workspaces.get(kept)[0] == kept and old_ws.root.is_dir()  # swept on the first get only
+    workspaces._next_sweep = 0.0  # the interval has passed
+    assert workspaces.get(kept)[0] == kept
+    assert not old_ws.root.exists() and kept_ws.root.is_dir()
+    assert workspaces.get(old)[0] != old  # its token now gets a fresh workspace
 
 
 def test_zip_upload_is_flattened_and_capped(tmp_path):

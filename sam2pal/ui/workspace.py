@@ -197,18 +197,26 @@ def extract_zip(archive: Path, target: Path, limits: Limits) -> list[Path]:
 
 
 class Workspaces:
-    """Token -> workspace, with old sessions' folders removed after `max_age` seconds idle."""
+    """Token -> workspace, with old sessions' folders removed after `max_age` seconds idle.
 
-    def __init__(self, root: Path | None = None, max_age: float = 24 * 3600):
+    Every open page asks for its workspace once a second, so the folders are swept for old
+    sessions at most every `sweep_interval` seconds, not on each request.
+    """
+
+    def __init__(self, root: Path | None = None, max_age: float = 24 * 3600, sweep_interval: float = 60.0):
         self.root = root or Path(tempfile.mkdtemp(prefix="sam2pal_sessions_"))
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_age = max_age
+        self.sweep_interval = sweep_interval
+        self._next_sweep = 0.0
         self._lock = threading.Lock()
 
     def get(self, token: str | None) -> tuple[str, Workspace]:
         """The workspace for `token`, or a new one (with a new token) if unknown."""
         with self._lock:
-            self._sweep()
+            if time.monotonic() >= self._next_sweep:
+                self._sweep()
+                self._next_sweep = time.monotonic() + self.sweep_interval
             if token and all(c in "0123456789abcdef" for c in token) and (self.root / token).is_dir():
                 (self.root / token).touch()
                 return token, Workspace(self.root / token)
