@@ -13,11 +13,10 @@ import multiprocessing
 import queue
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 
 from backends.base import Backend
-from sam2pal.jobs import JobCancelled, JobSpec, JobStatus, PointsRunner, apply_event, run_job
+from sam2pal.jobs import JobSpec, JobStatus, PointsRunner, apply_event, final_event, run_job
 
 _GRACE_SECONDS = 15.0
 _CLICK_IDLE_SECONDS = 600.0  # the click process (and its model) goes after this long unused
@@ -25,24 +24,11 @@ _CLICK_IDLE_SECONDS = 600.0  # the click process (and its model) goes after this
 
 def _worker(spec_json: str, events, stop) -> None:
     """Entry point of the job process: run the job, send every event, end with done or error."""
-    from sam2pal.errors import SamPalError
-
-    spec = JobSpec.from_json(spec_json)
-    try:
-        files = run_job(spec, events.put, stop.is_set)
-        events.put({"type": "done", "files": files})
-    except JobCancelled:
-        events.put({"type": "cancelled"})
-    except SamPalError as exc:
-        events.put({"type": "error", "message": str(exc)})
-    except Exception as exc:  # the job failed in an unforeseen way: report it, keep the server up
-        events.put({"type": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+    events.put(final_event(lambda: run_job(JobSpec.from_json(spec_json), events.put, stop.is_set)))
 
 
 def _click_worker(connection) -> None:
     """Entry point of the click process: answer click jobs until told to stop (None)."""
-    from sam2pal.errors import SamPalError
-
     runner = PointsRunner()
     while True:
         try:
@@ -51,12 +37,7 @@ def _click_worker(connection) -> None:
             return
         if spec_json is None:
             return
-        try:
-            connection.send({"type": "done", "files": runner.run(JobSpec.from_json(spec_json))})
-        except SamPalError as exc:
-            connection.send({"type": "error", "message": str(exc)})
-        except Exception as exc:  # report it and keep serving clicks
-            connection.send({"type": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()})
+        connection.send(final_event(lambda: runner.run(JobSpec.from_json(spec_json))))
 
 
 class _ClickLane:

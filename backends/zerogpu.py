@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from backends.base import Backend
-from sam2pal.jobs import JobCancelled, JobSpec, JobStatus, apply_event, run_job
+from sam2pal.jobs import JobSpec, JobStatus, apply_event, final_event, run_job
 
 
 @dataclass
@@ -44,16 +44,7 @@ def _events(spec_json: str):
     events: queue.Queue = queue.Queue()
 
     def work() -> None:
-        from sam2pal.errors import SamPalError
-
-        try:
-            events.put({"type": "done", "files": run_job(spec, events.put, lambda: False)})
-        except JobCancelled:
-            events.put({"type": "cancelled"})
-        except SamPalError as exc:
-            events.put({"type": "error", "message": str(exc)})
-        except Exception as exc:  # any failure must still end the event stream, or the call hangs
-            events.put({"type": "error", "message": f"{type(exc).__name__}: {exc}"})
+        events.put(final_event(lambda: run_job(spec, events.put, lambda: False)))
 
     threading.Thread(target=work, daemon=True).start()
     while True:

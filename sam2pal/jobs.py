@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import traceback
 import uuid
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -87,6 +88,22 @@ def zip_folder(folder: Path, archive: Path) -> Path:
                 bundle.write(path, path.relative_to(folder))
     tmp.replace(archive)
     return archive
+
+
+def final_event(work: Callable[[], dict[str, str]]) -> dict:
+    """Run `work` (a job, returning its files) and turn how it ended into the job's last event:
+    done, cancelled, or error with the message a user can act on. Never raises, so a worker
+    always ends its event stream and the server never hangs on it."""
+    from sam2pal.errors import SamPalError
+
+    try:
+        return {"type": "done", "files": work()}
+    except JobCancelled:
+        return {"type": "cancelled"}
+    except SamPalError as exc:
+        return {"type": "error", "message": str(exc)}
+    except Exception as exc:  # a job failing in an unforeseen way must not take the worker down
+        return {"type": "error", "message": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()}
 
 
 def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[str, str]:

@@ -11,7 +11,8 @@ from PIL import Image
 
 from backends import available, get_backend
 from backends.local import LocalBackend
-from sam2pal.jobs import JobSpec, JobStatus, apply_event
+from sam2pal.errors import SamPalError
+from sam2pal.jobs import JobCancelled, JobSpec, JobStatus, apply_event, final_event
 
 from conftest import IMAGE_SIZE
 
@@ -117,6 +118,19 @@ def test_cancel_a_queued_and_a_running_job(backend, collection, tmp_path):
         time.sleep(0.1)
     backend.cancel(running)
     assert _wait(backend, running, timeout=60).state == "cancelled"
+
+
+def test_how_a_job_ends_becomes_its_last_event():
+    def raising(exc):
+        def work():
+            raise exc
+        return work
+
+    assert final_event(lambda: {"mask": "m.png"}) == {"type": "done", "files": {"mask": "m.png"}}
+    assert final_event(raising(JobCancelled())) == {"type": "cancelled"}
+    assert final_event(raising(SamPalError("x.png is not an image"))) == {"type": "error", "message": "x.png is not an image"}
+    crash = final_event(raising(ZeroDivisionError("division by zero")))
+    assert crash["message"] == "ZeroDivisionError: division by zero" and "Traceback" in crash["trace"]
 
 
 def test_apply_event_tracks_progress():
