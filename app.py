@@ -12,7 +12,7 @@ import argparse
 import os
 
 from backends import get_backend
-from sam2pal.ui.app import AppConfig, build_app
+from sam2pal.ui.app import AppConfig, build_app, launch_options
 from sam2pal.ui.workspace import Limits, Workspaces
 
 
@@ -43,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     workspaces = Workspaces()
     app = build_app(config, get_backend(args.backend, **options), workspaces)
     app.queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, max_file_size=config.max_file_size, run_history=False,
-        allowed_paths=[str(workspaces.root)],  # results are served from the session folders
+        server_name=args.host, server_port=args.port, **launch_options(config, workspaces)
     )
 
 

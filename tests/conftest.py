@@ -53,14 +53,15 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def app_server(tmp_path):
     """The web app on 127.0.0.1 (random:tiny, 256 px, local worker backend), stopped afterwards."""
     from backends.local import LocalBackend
-    from sam2pal.ui.app import AppConfig, build_app
+    from sam2pal.ui.app import AppConfig, build_app, launch_options
     from sam2pal.ui.workspace import Workspaces
 
     backend = LocalBackend()
     workspaces = Workspaces(tmp_path / "sessions")
-    app = build_app(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), backend, workspaces)
+    config = AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu")
+    app = build_app(config, backend, workspaces)
     app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                       allowed_paths=[str(workspaces.root)])
+                       **launch_options(config, workspaces))  # as app.py launches it
     try:
         yield app
     finally:

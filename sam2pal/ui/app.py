@@ -435,6 +435,13 @@ def _predicted_mask(status: JobStatus, file_name: str, structure: str, shape: tu
     return np.asarray(Image.open(path)) > 0 if path.is_file() else np.zeros(shape, dtype=bool)
 
 
+def launch_options(config: AppConfig, workspaces: Workspaces) -> dict:
+    """What `launch` needs besides where to listen: upload cap, no run history kept in the
+    browser (a shared host), the page's CSS, and the session folders results are served from."""
+    return {"max_file_size": config.max_file_size, "run_history": False, "css": CSS,
+            "allowed_paths": [str(workspaces.root)]}
+
+
 def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Workspaces | None = None) -> gr.Blocks:
     if backend is None:
         from backends.local import LocalBackend
