@@ -19,7 +19,8 @@ from pycocotools.coco import COCO
 from backends.local import LocalBackend
 from sam2pal.errors import SamPalError
 from sam2pal.ui.app import AppConfig, SamPalApp
-from sam2pal.ui.editing import EDITOR_MAX_SIDE, editor_image, layer_masks
+from sam2pal.io.outputs import structure_color
+from sam2pal.ui.editing import EDITOR_MAX_SIDE, editor_image, layer_masks, tinted
 from sam2pal.ui.workspace import Limits, Workspaces, extract_zip
 
 from conftest import IMAGE_SIZE
@@ -101,6 +102,13 @@ def test_large_images_are_shrunk_for_the_editor_and_masks_map_back():
     masks = layer_masks(_editor_value(*small.shape[:2], [(0, 100, 0, 100)]), ["eye"], 3000, 4500)
     assert masks["eye"].shape == (3000, 4500)
     assert abs(masks["eye"].sum() - (100 * 3000 / 1365.33) ** 2) / masks["eye"].sum() < 0.05
+
+    full = np.zeros((3000, 4500), dtype=bool)
+    full[:1500] = True  # the top half
+    preview = tinted(image, full, 0)  # drawn at editor size, never at full size
+    assert preview.shape == small.shape
+    assert tuple(preview[10, 10]) == tuple(int(0.45 * c) for c in structure_color(0))
+    assert tuple(preview[-10, -10]) == (0, 0, 0)
 
 
 def test_sessions_are_isolated_and_tokens_re_attach(tmp_path):

@@ -325,7 +325,7 @@ class SamPalApp:
         structure = structure or ws.structures[0]
         image = load_image(ws.specimen_dir() / file_name)
         mask = _predicted_mask(status, file_name, structure, image.shape[:2])
-        background = editor_image(tinted(image, mask, ws.structures.index(structure)))
+        background = tinted(image, mask, ws.structures.index(structure))
         value = {"background": background, "layers": [], "composite": background}
         editor = gr.ImageEditor(value=value, layers=gr.LayerOptions(layers=["add", "remove"], allow_additional_layers=False),
                                 brush=gr.Brush(colors=["#00c000", "#e00000"], color_mode="fixed"))

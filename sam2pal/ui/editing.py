@@ -58,11 +58,14 @@ def layer_masks(value: dict | None, names: list[str], height: int, width: int) -
 
 
 def tinted(image: np.ndarray, mask: np.ndarray, index: int, alpha: float = 0.45) -> np.ndarray:
-    """The image with one structure's mask tinted in its colour (a plain image: editors reload it reliably)."""
-    out = image.astype(np.float32).copy()
+    """The image at editor size with one structure's mask tinted in its colour (a plain image:
+    editors reload it reliably). Shrunk before tinting: a 100 MP photo in float is gigabytes."""
+    out = editor_image(image).copy()
+    if mask.shape != out.shape[:2]:
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(out.shape[1::-1], Image.NEAREST)) > 0
     color = np.array(structure_color(index), dtype=np.float32)
-    out[mask] = out[mask] * (1 - alpha) + color * alpha
-    return out.astype(np.uint8)
+    out[mask] = (out[mask] * (1 - alpha) + color * alpha).astype(np.uint8)
+    return out
 
 
 def review_items(image: np.ndarray, masks: dict[str, np.ndarray | None], names: list[str]) -> list[tuple[np.ndarray, str]]:
@@ -73,7 +76,7 @@ def review_items(image: np.ndarray, masks: dict[str, np.ndarray | None], names: 
         if mask is None:
             items.append((editor_image(image), f"{name}: no mask"))
         else:
-            items.append((editor_image(tinted(image, mask, index)), f"{name}: {int(mask.sum())} px"))
+            items.append((tinted(image, mask, index), f"{name}: {int(mask.sum())} px"))
     return items
 
 
