@@ -253,8 +253,7 @@ class PredictionWriter:
             json.loads(json.dumps({"structures": self.structures, **(identity or {})}))
         )
         self._earlier = self._load_earlier_records()  # records hold segmented images only
-        self._done = {record["report"]["file"] for record in self._earlier.values()}
-        self._earlier_stems = {
+        self._earlier_stems = {  # image file -> the stem its outputs were written under
             record["report"]["file"]: stem for stem, record in self._earlier.items()
         }
         self._current: list[dict] = []
@@ -305,12 +304,12 @@ class PredictionWriter:
 
     def is_done(self, image_path: str | Path) -> bool:
         """Whether an earlier run into this folder already segmented this image."""
-        return Path(image_path).name in self._done
+        return Path(image_path).name in self._earlier_stems
 
     def _output_stem(self, image_path: Path) -> str:
         """The stem an earlier run gave this image, else its own stem made unique: a.jpg and
         a.png in one folder must not overwrite each other's masks."""
-        earlier = self._earlier_stems.pop(image_path.name, None)
+        earlier = self._earlier_stems.get(image_path.name)
         if earlier is not None:
             return earlier
         used = self._earlier.keys() | {
