@@ -325,6 +325,20 @@ def test_no_qc_leaves_quality_fields_out(collection, tmp_path):
     assert "qc" not in report["images"][0]["structures"]["head"]
 
 
+def test_bench_prints_one_row_of_timings_per_image_size(capsys):
+    code = main(["bench", "--image-size", "64", "--steps", "2", "--specimens", "2", "--model", "random:tiny",
+                 "--device", "cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("size | "))
+    (row,) = [dict(zip(header.split(" | "), line.split(" | "))) for line in out.splitlines() if line[:1].isdigit()]
+    assert row["size"] == "64" and row["device"] == "cpu"
+    k1, k3 = float(row["K=1 step s"]), float(row["K=3 step s"])
+    assert k1 > 0 and k3 > 0 and float(row["K3/K1"]) == pytest.approx(k3 / k1, abs=0.01)
+    assert float(row["predict img/s"]) > 0 and float(row["videopred img/s"]) > 0
+    assert float(row["peak RSS MB"]) > 100
+
+
 def test_bench_scale_prints_peak_memory_per_collection_size(capsys):
     code = main(["bench", "--scale", "1", "3", "--image-size", "64", "--model", "random:tiny", "--device", "cpu"])
     assert code == 0
