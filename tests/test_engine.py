@@ -209,8 +209,8 @@ def test_first_self_attention_runs_once_per_image_with_the_same_result(tiny):
     assert logits_1.abs().max() > 0.01
     assert torch.allclose(logits_1, logits_3, atol=1e-5, rtol=0)
     assert any(g.abs().sum() > 0 for g in grads_1)
-    for alone, shared in zip(grads_1, grads_3):
-        assert torch.allclose(alone, shared, rtol=1e-3, atol=1e-6)
+    for alone, shared in zip(grads_1, grads_3):  # equal up to float summation order
+        assert torch.allclose(alone, shared, rtol=1e-3, atol=1e-5 * float(alone.abs().max()))
 
 
 def test_clicks_on_one_image_encode_it_once(tiny):
