@@ -60,12 +60,17 @@ class _ClickLane:
                                                       name="sam2pal-clicks")
                 self._process.start()
                 child.close()
-            self._connection.send(spec.to_json())
-            while not self._connection.poll(0.5):
-                if not self._process.is_alive():
-                    self._process.join()
-                    return None, self._process.exitcode
-            final = self._connection.recv()
+            final = None
+            try:
+                self._connection.send(spec.to_json())
+                while final is None and self._process.is_alive():
+                    if self._connection.poll(0.5):
+                        final = self._connection.recv()
+            except (OSError, EOFError):  # the process died mid-exchange
+                final = None
+            if final is None:
+                self._process.join()
+                return None, self._process.exitcode
             self._last_used = time.monotonic()
         timer = threading.Timer(self._idle_seconds, self._stop_if_idle)
         timer.daemon = True

@@ -100,6 +100,11 @@ def test_clicks_skip_the_queue_and_share_one_process_until_idle(collection, tmp_
         second, same_pid = click("second")
         assert first.shape == (120, 160) and np.array_equal(first, second)
         assert same_pid == pid  # the model stayed loaded in one process
+        backend._clicks._process.kill()  # a crashed click process is replaced on the next click
+        backend._clicks._process.join()
+        after_crash, crash_pid = click("after-crash")
+        assert crash_pid != pid and after_crash.shape == (120, 160)
+        pid = crash_pid
         time.sleep(2.5)
         assert backend._clicks._process is None  # idle: its memory is given back
         third, new_pid = click("third")
