@@ -9,6 +9,7 @@ fine-tune or a model load.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import queue
 import threading
@@ -16,10 +17,11 @@ import time
 from dataclasses import dataclass
 
 from backends.base import Backend
-from sam2pal.jobs import JobSpec, JobStatus, PointsRunner, apply_event, final_event, run_job
+from sam2pal.jobs import FINAL_EVENTS, JobSpec, JobStatus, PointsRunner, apply_event, apply_final, final_event, run_job
 
 _GRACE_SECONDS = 15.0
 _CLICK_IDLE_SECONDS = 600.0  # the click process (and its model) goes after this long unused
+_CLICK_TIME_LIMIT = 600.0  # a first click may download a model; longer than this, it is hung
 
 
 def _worker(spec_json: str, events, stop) -> None:
@@ -43,12 +45,13 @@ def _click_worker(connection) -> None:
 class _ClickLane:
     """One long-lived process for click jobs, started on the first click and stopped when idle."""
 
-    def __init__(self, context, idle_seconds: float):
+    def __init__(self, context, idle_seconds: float, time_limit: float):
         self._context = context
         self._idle_seconds = idle_seconds
+        self._time_limit = time_limit
         self._process = None
         self._connection = None
-        self._last_used = 0.0
+        self._idle_timer: threading.Timer | None = None
         self._lock = threading.Lock()
 
     def run(self, spec: JobSpec) -> tuple[dict | None, int | None]:
@@ -60,27 +63,29 @@ class _ClickLane:
                                                       name="sam2pal-clicks")
                 self._process.start()
                 child.close()
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
             final = None
+            deadline = time.monotonic() + self._time_limit
             try:
                 self._connection.send(spec.to_json())
-                while final is None and self._process.is_alive():
+                while final is None and self._process.is_alive() and time.monotonic() < deadline:
                     if self._connection.poll(0.5):
                         final = self._connection.recv()
             except (OSError, EOFError):  # the process died mid-exchange
                 final = None
             if final is None:
-                self._process.join()
-                return None, self._process.exitcode
-            self._last_used = time.monotonic()
-        timer = threading.Timer(self._idle_seconds, self._stop_if_idle)
-        timer.daemon = True
-        timer.start()
-        return final, None
-
-    def _stop_if_idle(self) -> None:
-        with self._lock:
-            if time.monotonic() - self._last_used >= self._idle_seconds:
-                self._stop()
+                process = self._process
+                timed_out = process.is_alive()
+                self._stop()  # a hung process would hold every later click
+                if timed_out:
+                    return {"type": "error", "message": f"no mask after {self._time_limit:g} s; the click "
+                                                        "process was restarted, click again"}, None
+                return None, process.exitcode
+            self._idle_timer = threading.Timer(self._idle_seconds, self.close)
+            self._idle_timer.daemon = True
+            self._idle_timer.start()
+            return final, None
 
     def close(self) -> None:
         """Stop the process (its model and features are freed); the next click starts another."""
@@ -90,11 +95,12 @@ class _ClickLane:
     def _stop(self) -> None:
         if self._process is None:
             return
-        if self._process.is_alive():
+        with contextlib.suppress(OSError):  # a process already gone has no pipe to read it
             self._connection.send(None)
-            self._process.join(timeout=5)
-            if self._process.is_alive():
-                self._process.terminate()
+        self._process.join(timeout=5)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join()
         self._connection.close()
         self._process = self._connection = None
 
@@ -110,9 +116,9 @@ class _Job:
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, click_idle_seconds: float = _CLICK_IDLE_SECONDS) -> None:
+    def __init__(self, click_idle_seconds: float = _CLICK_IDLE_SECONDS, click_time_limit: float = _CLICK_TIME_LIMIT) -> None:
         self._context = multiprocessing.get_context("spawn")
-        self._clicks = _ClickLane(self._context, click_idle_seconds)
+        self._clicks = _ClickLane(self._context, click_idle_seconds, click_time_limit)
         self._jobs: dict[str, _Job] = {}
         self._waiting: list[str] = []
         self._running: str | None = None
@@ -134,10 +140,15 @@ class LocalBackend(Backend):
 
     def _click(self, job: _Job) -> None:
         with self._lock:
-            job.status.state = "running"
-        final, exitcode = self._clicks.run(job.spec)
-        with self._lock:
-            self._finish(job.status, final, exitcode, cancelled=False)
+            job.status.state, job.status.message = "running", "computing the mask"
+        final, exitcode = None, None
+        try:
+            final, exitcode = self._clicks.run(job.spec)
+        except Exception as exc:  # the lane itself failed (no process could start): the click fails, visibly
+            final = {"type": "error", "message": f"{type(exc).__name__}: {exc}"}
+        finally:
+            with self._lock:
+                apply_final(job.status, final, exitcode)
 
     def _next(self) -> None:
         with self._lock:
@@ -165,31 +176,16 @@ class LocalBackend(Backend):
                 if not job.process.is_alive():
                     break
                 continue
-            if event["type"] in ("done", "error", "cancelled"):
+            if event["type"] in FINAL_EVENTS:
                 final = event
             else:
                 with self._lock:
                     apply_event(job.status, event)
         job.process.join(timeout=_GRACE_SECONDS)
         with self._lock:
-            self._finish(job.status, final, job.process.exitcode, job.stop.is_set())
+            apply_final(job.status, final, job.process.exitcode, job.stop.is_set())
             self._running = None
         self._next()
-
-    @staticmethod
-    def _finish(status: JobStatus, final: dict | None, exitcode: int | None, cancelled: bool) -> None:
-        """The job's end state from its last event (None: the process died first)."""
-        if final is None:
-            status.state = "failed"
-            status.error = (f"the job's worker process ended with exit code {exitcode} "
-                            "(out of memory?); try a smaller --image-size or batch size")
-        elif final["type"] == "done":
-            status.state, status.progress, status.files = "done", 1.0, final["files"]
-        elif final["type"] == "cancelled" or cancelled:
-            status.state = "cancelled"
-        else:
-            status.state, status.error = "failed", final["message"]
-        status.message = status.error or status.state
 
     def status(self, job_id: str) -> JobStatus:
         with self._lock:

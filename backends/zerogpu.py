@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 
 from backends.base import Backend
-from sam2pal.jobs import JobSpec, JobStatus, apply_event, final_event, run_job
+from sam2pal.jobs import FINAL_EVENTS, JobSpec, JobStatus, apply_event, apply_final, final_event, run_job
 
 
 @dataclass
@@ -50,7 +50,7 @@ def _events(spec_json: str):
     while True:
         event = events.get()
         yield event
-        if event["type"] in ("done", "error", "cancelled"):
+        if event["type"] in FINAL_EVENTS:
             return
 
 
@@ -75,7 +75,8 @@ class ZeroGPUBackend(Backend):
     def start(self, spec: JobSpec) -> str:
         from sam2pal.io.images import list_images
 
-        seconds = estimate_seconds(spec, len(list_images(spec.images)), self.limits)
+        count = 1 if spec.kind == "points" else len(list_images(spec.images))  # a click names one image
+        seconds = estimate_seconds(spec, count, self.limits)
         status = JobStatus(spec.job_id, spec.kind, "queued", message=f"asking ZeroGPU for {seconds} s")
         with self._lock:
             self._statuses[spec.job_id] = status
@@ -94,12 +95,8 @@ class ZeroGPUBackend(Backend):
         status.state = "running"
         for event in gpu_call(spec.to_json()):
             with self._lock:
-                if event["type"] == "done":
-                    status.state, status.progress, status.files = "done", 1.0, event["files"]
-                elif event["type"] == "error":
-                    status.state, status.error = "failed", event["message"]
-                elif event["type"] == "cancelled":
-                    status.state = "cancelled"
+                if event["type"] in FINAL_EVENTS:
+                    apply_final(status, event)
                 else:
                     apply_event(status, event)
             if spec.job_id in self._cancelled:

@@ -173,8 +173,9 @@ class PointsRunner:
             self._prompters.clear()  # one model in memory at a time
             self._prompters[model_key] = PointPrompter(api.load_model(spec.model, spec.image_size, spec.device))
         image_path = Path(spec.images)
+        # stat first: a file replaced meanwhile costs a re-encode, never old features under a new key
+        key = f"{image_path}:{image_path.stat().st_mtime_ns}" if image_path.is_file() else None
         image = load_image(image_path)
-        key = f"{image_path}:{image_path.stat().st_mtime_ns}"  # a replaced file is encoded again
         mask = self._prompters[model_key].mask(image, [tuple(p) for p in spec.points], key=key)
         path = Path(spec.workdir) / "mask.png"
         atomic_save_image(path, Image.fromarray(mask.astype(np.uint8) * 255))
@@ -195,3 +196,21 @@ def apply_event(status: JobStatus, event: dict) -> None:
         status.message = event.get("message", "")
     elif kind == "epoch" and event.get("mean_iou") is not None:
         status.message = f"epoch {event['epoch']}: validation IoU {event['mean_iou']:.3f}"
+
+
+FINAL_EVENTS = ("done", "error", "cancelled")
+
+
+def apply_final(status: JobStatus, final: dict | None, exitcode: int | None = None, cancelled: bool = False) -> None:
+    """The job's end state from its last event; `final` None means its process died first."""
+    if final is None:
+        status.state = "failed"
+        status.error = (f"the job's worker process ended with exit code {exitcode} "
+                        "(out of memory?); try a smaller --image-size or batch size")
+    elif final["type"] == "done":
+        status.state, status.progress, status.files = "done", 1.0, final["files"]
+    elif final["type"] == "cancelled" or cancelled:
+        status.state = "cancelled"
+    else:
+        status.state, status.error = "failed", final["message"]
+    status.message = status.error or status.state

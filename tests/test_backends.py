@@ -105,13 +105,27 @@ def test_clicks_skip_the_queue_and_share_one_process_until_idle(collection, tmp_
         after_crash, crash_pid = click("after-crash")
         assert crash_pid != pid and after_crash.shape == (120, 160)
         pid = crash_pid
-        time.sleep(2.5)
+        deadline = time.monotonic() + 30
+        while backend._clicks._process is not None and time.monotonic() < deadline:
+            time.sleep(0.2)
         assert backend._clicks._process is None  # idle: its memory is given back
         third, new_pid = click("third")
         assert new_pid != pid and third.shape == (120, 160)
     finally:
         backend.close()
     assert backend._clicks._process is None
+
+
+def test_a_click_past_its_time_limit_fails_and_frees_the_lane(collection, tmp_path):
+    backend = LocalBackend(click_time_limit=0.5)  # less than starting a process takes
+    try:
+        spec = JobSpec(kind="points", workdir=str(tmp_path), templates="", images=str(collection / "template_0.png"),
+                       model="random:tiny", image_size=IMAGE_SIZE, device="cpu", points=[[40, 60, 1]])
+        status = _wait(backend, backend.start(spec), timeout=60)
+        assert status.state == "failed" and "no mask after 0.5 s" in status.error
+        assert backend._clicks._process is None
+    finally:
+        backend.close()
 
 
 def test_cancel_a_queued_and_a_running_job(backend, collection, tmp_path):
@@ -195,6 +209,18 @@ def test_zerogpu_refuses_a_long_fine_tune_and_says_why(fake_spaces, collection, 
     status = backend.status(backend.start(_spec(collection, tmp_path, kind="train", train={"epochs": 500})))
     assert status.state == "failed" and "more than one ZeroGPU call allows" in status.error
     assert fake_spaces == []
+
+
+def test_zerogpu_answers_a_click(fake_spaces, collection, tmp_path):
+    from backends.zerogpu import ZeroGPUBackend
+
+    backend = ZeroGPUBackend()
+    spec = JobSpec(kind="points", workdir=str(tmp_path), templates="", images=str(collection / "template_0.png"),
+                   model="random:tiny", image_size=IMAGE_SIZE, device="cpu", points=[[40, 60, 1]])
+    status = _wait(backend, backend.start(spec), timeout=120)
+    assert status.state == "done", status.error
+    assert (np.asarray(Image.open(status.files["mask"])) > 0).shape == (120, 160)
+    assert len(fake_spaces) == 1 and fake_spaces[0] < 120  # a short call for one image
 
 
 def test_zerogpu_runs_a_prediction_with_an_explicit_duration(fake_spaces, collection, tmp_path):
