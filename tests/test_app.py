@@ -109,6 +109,9 @@ def test_large_images_are_shrunk_for_the_editor_and_masks_map_back():
     assert preview.shape == small.shape
     assert tuple(preview[10, 10]) == tuple(int(0.45 * c) for c in structure_color(0))
     assert tuple(preview[-10, -10]) == (0, 0, 0)
+    leg = np.zeros((3000, 4500), dtype=bool)
+    leg[2000, 100:4000] = True  # 1 px wide, on a row a nearest-pixel shrink skips
+    assert (tinted(image, leg, 0).any(axis=2)).sum() > 1000
 
 
 def test_sessions_are_isolated_and_tokens_re_attach(tmp_path):
@@ -241,3 +244,5 @@ def test_a_correction_in_the_review_updates_mask_overlay_coco_and_ranking(backen
     _, gallery = ui.prediction_view(token)
     caption = next(c for _, c in gallery if c.startswith(file_name))
     assert f"corrected: {structure}" in caption
+    entry = next(e for e in json.loads((out / "report.json").read_text())["images"] if e["file"] == file_name)
+    assert entry["structures"][structure] == {"area": int(expected.sum()), "score": None, "corrected": True}

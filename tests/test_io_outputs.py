@@ -466,8 +466,9 @@ def test_a_correction_reaches_every_file_and_survives_a_resumed_run(tmp_path: Pa
 def test_an_emptied_structure_loses_its_annotation_and_polygon_runs_stay_polygons(tmp_path: Path) -> None:
     writer = _writer(tmp_path, polygons=True)
     writer.add(Path("a.jpg"), IMAGE, _masks(1))
-    writer.close()
+    assert writer.close()["segmentation"] == "polygons"
     replace_mask(tmp_path, "a.jpg", "eye", np.zeros((HEIGHT, WIDTH), dtype=bool), IMAGE)
+    replace_mask(tmp_path, "a.jpg", "leg", np.zeros((HEIGHT, WIDTH), dtype=bool), IMAGE)  # no annotation left
     grown = _masks(1)[1]
     grown[0:5, 0:5] = True
     replace_mask(tmp_path, "a.jpg", "leg", grown, IMAGE)
@@ -491,3 +492,19 @@ def test_a_correction_names_what_it_cannot_find(tmp_path: Path) -> None:
         replace_mask(tmp_path, "b.jpg", "eye", mask, IMAGE)
     with pytest.raises(SamPalError, match="'wing' is not one of this run's structures: eye, leg"):
         replace_mask(tmp_path, "a.jpg", "wing", mask, IMAGE)
+    with pytest.raises(SamPalError, match="open the image from the gallery again"):
+        replace_mask(tmp_path, "a.jpg", "eye", mask[:10], IMAGE)
+
+    def contents() -> dict[str, bytes]:
+        return {name: (tmp_path / name).read_bytes() for name in _files(tmp_path)}
+
+    before = contents()
+    (tmp_path / "predictions.json").unlink()
+    with pytest.raises(SamPalError, match="predictions.json is missing"):
+        replace_mask(tmp_path, "a.jpg", "eye", mask, IMAGE)
+    (tmp_path / "predictions.json").write_bytes(before["predictions.json"])
+    (tmp_path / "masks" / "a__leg.png").unlink()
+    with pytest.raises(SamPalError, match="a__leg.png is missing"):
+        replace_mask(tmp_path, "a.jpg", "eye", mask, IMAGE)
+    del before["masks/a__leg.png"]
+    assert contents() == before  # checked before the first write: nothing half-updated

@@ -220,6 +220,25 @@ def _review_fields(quality: list[dict] | None, orientation: str | None) -> dict:
     return fields
 
 
+def _mask_annotation(category_id: int, mask: np.ndarray) -> dict:
+    """A COCO annotation of one structure's mask (RLE; the writer turns it into polygons if asked)."""
+    return {"category_id": category_id, "segmentation": encode_rle(mask), "area": mask_area(mask),
+            "bbox": mask_bbox(mask), "iscrowd": 0}
+
+
+def _review_order(entries: list[dict]) -> list[str]:
+    """Image files a reviewer should open first: lowest quality-check score first."""
+    scored = [e for e in entries if e["status"] == "ok" and e.get("qc_score") is not None]
+    return [e["file"] for e in sorted(scored, key=lambda e: e["qc_score"])]
+
+
+def _result_files(entries: list[dict]) -> list[str]:
+    """Everything a results zip holds, in report order."""
+    files = [name for e in entries if e["status"] == "ok"
+             for name in [*e["files"]["masks"].values(), e["files"]["overlay"]]]
+    return [PREDICTIONS_NAME, REPORT_NAME, *files]
+
+
 class PredictionWriter:
     """Writes a run's outputs into out_dir as images arrive; close() writes the COCO and report.
 
@@ -372,13 +391,7 @@ class PredictionWriter:
                 per_structure[name]["qc"] = quality[index]
             if area == 0:
                 continue
-            annotation = {
-                "category_id": index + 1,
-                "segmentation": encode_rle(mask),
-                "area": area,
-                "bbox": mask_bbox(mask),
-                "iscrowd": 0,
-            }
+            annotation = _mask_annotation(index + 1, mask)
             if score is not None:
                 annotation["score"] = score
             if quality is not None:
@@ -507,24 +520,20 @@ class PredictionWriter:
         atomic_write_json(predictions_path, self._coco(done))
         self._check_predictions(predictions_path)
         n_ok = len(done)
+        entries = [record["report"] for record in records]
         report = {
             "structures": self.structures,
-            "images": [record["report"] for record in records] + self._notes,
+            "segmentation": "polygons" if self.options.polygons else "rle",
+            "images": entries + self._notes,
             "n_ok": n_ok,
             "n_failed": len(records) - n_ok,
             "n_skipped": len(self._notes),
             "n_from_earlier_runs": len(self._earlier),
-            # what a reviewer should open first: lowest quality-check score first
-            "review_order": [r["report"]["file"] for r in sorted(
-                (r for r in done if r["report"].get("qc_score") is not None),
-                key=lambda r: r["report"]["qc_score"])],
+            "review_order": _review_order(entries),
         }
         atomic_write_json(self.out_dir / REPORT_NAME, report)
         if self.options.zip:
-            names = [PREDICTIONS_NAME, REPORT_NAME] + [
-                name for record in done for name in record["files"]
-            ]
-            write_zip(self.out_dir / ZIP_NAME, self.out_dir, names)
+            write_zip(self.out_dir / ZIP_NAME, self.out_dir, _result_files(entries))
         return report
 
 
@@ -534,63 +543,62 @@ def replace_mask(out_dir: str | Path, file_name: str, structure: str, mask: np.n
     run keeps it), predictions.json, report.json and results.zip if there is one.
 
     The structure loses its score and quality-check numbers and is marked `corrected`: a
-    person has checked it, so it no longer pulls the image up the review order.
+    person has checked it, so it no longer pulls the image up the review order. Everything is
+    read and checked before the first file is written.
     """
     out_dir = Path(out_dir)
     report = _read_object(out_dir / REPORT_NAME)
-    if report is None:
-        raise SamPalError(f"{out_dir / REPORT_NAME} is missing or damaged: run predict into {out_dir} again")
+    coco = _read_object(out_dir / PREDICTIONS_NAME)
+    if report is None or coco is None:
+        missing = REPORT_NAME if report is None else PREDICTIONS_NAME
+        raise SamPalError(f"{out_dir / missing} is missing or damaged: run predict into {out_dir} again")
     entry = next((e for e in report["images"] if e["file"] == file_name and e["status"] == "ok"), None)
-    if entry is None:
+    image_id = next((i["id"] for i in coco["images"] if i["file_name"] == file_name), None)
+    if entry is None or image_id is None:
         raise SamPalError(f"{file_name} has no segmentation in {out_dir}; pick an image the run segmented")
     structures = report["structures"]
     if structure not in structures:
         raise SamPalError(f"{structure!r} is not one of this run's structures: {', '.join(structures)}")
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != image.shape[:2]:
-        raise ValueError(f"mask for {file_name} is {mask.shape}, the image is {image.shape[:2]}")
+        raise SamPalError(f"the corrected mask for {file_name} is {mask.shape}, the image {image.shape[:2]}; "
+                          "open the image from the gallery again")
+    others = {}
+    for name in structures:
+        path = out_dir / entry["files"]["masks"][name]
+        if name != structure:
+            if not path.is_file():
+                raise SamPalError(f"{path} is missing: run predict into {out_dir} again")
+            others[name] = np.asarray(Image.open(path)) > 0
 
-    atomic_save_image(out_dir / entry["files"]["masks"][structure], Image.fromarray(mask.astype(np.uint8) * 255))
-    masks = [mask if name == structure else np.asarray(Image.open(out_dir / entry["files"]["masks"][name])) > 0
-             for name in structures]
-    atomic_save_image(out_dir / entry["files"]["overlay"], overlay(image, masks, structures), quality=90)
-
-    entry["structures"][structure] = {"area": mask_area(mask), "score": None, "corrected": True}
+    category = structures.index(structure) + 1
+    annotation = {**_mask_annotation(category, mask), "corrected": True}
+    entry["structures"][structure] = {"area": annotation["area"], "score": None, "corrected": True}
     if "qc_score" in entry:
         checked = [s["qc"] for s in entry["structures"].values() if "qc" in s]
         entry.update(_review_fields(checked, entry.get("orientation")))
-    category = structures.index(structure) + 1
-    annotation = {"category_id": category, "segmentation": encode_rle(mask), "area": mask_area(mask),
-                  "bbox": mask_bbox(mask), "iscrowd": 0, "corrected": True}
+    report["review_order"] = _review_order(report["images"])
+    kept = [a for a in coco["annotations"] if (a["image_id"], a["category_id"]) != (image_id, category)]
+    if mask.any():
+        polygons = report.get("segmentation") == "polygons"
+        kept.append({"id": max((a["id"] for a in coco["annotations"]), default=0) + 1, "image_id": image_id,
+                     **annotation, "segmentation": mask_polygons(mask) if polygons else annotation["segmentation"]})
+    coco["annotations"] = kept
+    record_path = out_dir / RECORDS_DIR / f"{Path(entry['files']['overlay']).stem}.json"
+    record = _read_record(record_path)  # without one, a resumed run predicts the image again
 
-    stem = Path(entry["files"]["overlay"]).stem
-    record = _read_record(out_dir / RECORDS_DIR / f"{stem}.json")
+    atomic_save_image(out_dir / entry["files"]["masks"][structure], Image.fromarray(mask.astype(np.uint8) * 255))
+    masks = [mask if name == structure else others[name] for name in structures]
+    atomic_save_image(out_dir / entry["files"]["overlay"], overlay(image, masks, structures), quality=90)
     if record is not None:
         record["report"] = entry
         record["annotations"] = [a for a in record["annotations"] if a["category_id"] != category]
         record["annotations"] += [annotation] if mask.any() else []
-        atomic_write_json(out_dir / RECORDS_DIR / f"{stem}.json", record)
-
-    coco = _read_object(out_dir / PREDICTIONS_NAME)
-    if coco is None:
-        raise SamPalError(f"{out_dir / PREDICTIONS_NAME} is missing or damaged: run predict into {out_dir} again")
-    image_id = next(i["id"] for i in coco["images"] if i["file_name"] == file_name)
-    polygons = any(isinstance(a["segmentation"], list) for a in coco["annotations"])
-    kept = [a for a in coco["annotations"] if (a["image_id"], a["category_id"]) != (image_id, category)]
-    if mask.any():
-        segmentation = mask_polygons(mask) if polygons else annotation["segmentation"]
-        kept.append({"id": max((a["id"] for a in coco["annotations"]), default=0) + 1, "image_id": image_id,
-                     **annotation, "segmentation": segmentation})
-    coco["annotations"] = kept
+        atomic_write_json(record_path, record)
     atomic_write_json(out_dir / PREDICTIONS_NAME, coco)
-
-    ok = [e for e in report["images"] if e["status"] == "ok"]
-    report["review_order"] = [e["file"] for e in sorted((e for e in ok if e.get("qc_score") is not None),
-                                                        key=lambda e: e["qc_score"])]
     atomic_write_json(out_dir / REPORT_NAME, report)
     if (out_dir / ZIP_NAME).is_file():
-        files = [name for e in ok for name in [*e["files"]["masks"].values(), e["files"]["overlay"]]]
-        write_zip(out_dir / ZIP_NAME, out_dir, [PREDICTIONS_NAME, REPORT_NAME, *files])
+        write_zip(out_dir / ZIP_NAME, out_dir, _result_files(report["images"]))
 
 
 def write_zip(path: Path, folder: Path, names: list[str]) -> None:

@@ -61,8 +61,8 @@ def tinted(image: np.ndarray, mask: np.ndarray, index: int, alpha: float = 0.45)
     """The image at editor size with one structure's mask tinted in its colour (a plain image:
     editors reload it reliably). Shrunk before tinting: a 100 MP photo in float is gigabytes."""
     out = editor_image(image).copy()
-    if mask.shape != out.shape[:2]:
-        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(out.shape[1::-1], Image.NEAREST)) > 0
+    if mask.shape != out.shape[:2]:  # any covered pixel shows: a 2 px leg must not vanish at 1/5 scale
+        mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(out.shape[1::-1], Image.BOX)) > 0
     color = np.array(structure_color(index), dtype=np.float32)
     out[mask] = (out[mask] * (1 - alpha) + color * alpha).astype(np.uint8)
     return out
