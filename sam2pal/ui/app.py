@@ -157,7 +157,8 @@ class SamPalApp:
         spec = JobSpec(kind="points", workdir=str(ws.job_dir()), templates="", images=str(ws.root / "templates" / name),
                        model=self.config.model, image_size=self.config.image_size, device=self.config.device,
                        points=points)
-        status = self.backend.wait(self.backend.start(spec), timeout=600)  # a click's mask
+        # longer than the local click lane's own 600 s limit, so its "no mask" message is what shows
+        status = self.backend.wait(self.backend.start(spec), timeout=900)
         if status.state != "done":
             raise gr.Error(status.error or f"the click job was {status.state}")
         mask = np.asarray(Image.open(status.files["mask"])) > 0
