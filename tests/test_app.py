@@ -217,6 +217,9 @@ def test_a_correction_in_the_review_updates_mask_overlay_coco_and_ranking(backen
 
     file_name, editor, dropdown = ui.open_correction(token, None, gr.SelectData(target=None, data={"index": 0, "value": None}))
     assert worst.startswith(file_name)
+    # a page that has not refreshed since a re-ranking: the caption it shows decides, not the position
+    stale = {"index": 0, "value": {"image": None, "caption": gallery[1][1]}}
+    assert ui.open_correction(token, None, gr.SelectData(target=None, data=stale))[0] == gallery[1][1].split(" · ")[0]
     structure = ws.structures[0]
     out = Path(status.files["report"]).parent
     entry = next(e for e in json.loads((out / "report.json").read_text())["images"] if e["file"] == file_name)

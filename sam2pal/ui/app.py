@@ -319,7 +319,7 @@ class SamPalApp:
         if status is None or status.state != "done":
             raise gr.Error("Run a segmentation first.")
         ranked = self._ranked(status)
-        file_name = ranked[evt.index][2]
+        file_name = _clicked_file(ranked, evt)
         return file_name, *self._correction_editor(ws, status, file_name, structure)
 
     def _correction_editor(self, ws: Workspace, status: JobStatus, file_name: str, structure: str | None):
@@ -411,6 +411,17 @@ def _with_points(image: np.ndarray, points: list, scale: float) -> np.ndarray:
         draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius),
                      fill=(0, 200, 0) if label else (220, 0, 0), outline=(255, 255, 255))
     return np.asarray(shown)
+
+
+def _clicked_file(ranked: list[tuple[Path, str, str]], evt: gr.SelectData) -> str:
+    """The image whose overlay was clicked. By caption (it starts with the file name) rather than
+    position: a correction re-ranks the gallery, and the page may not have refreshed yet."""
+    caption = evt.value.get("caption") if isinstance(evt.value, dict) else None
+    if caption:
+        for _, _, file_name in ranked:
+            if caption.startswith(f"{file_name} · "):
+                return file_name
+    return ranked[evt.index][2]
 
 
 def _quality(structure: dict) -> float:
