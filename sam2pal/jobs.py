@@ -110,6 +110,7 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     """Run `spec` in this process, reporting through `emit`; return the result files."""
     from sam2pal import api
     from sam2pal.engine.trainer import TrainConfig
+    from sam2pal.io.outputs import ZIP_NAME, OutputOptions
     from sam2pal.model.build import describe
 
     workdir = Path(spec.workdir)
@@ -135,15 +136,16 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
         if should_stop():
             raise JobCancelled()
 
+    # the writer's own zip: a correction in the review (io.outputs.replace_mask) keeps it current
     report = api.predict(model, templates, spec.images, out, spec.adapter, spec.batch_size, progress=predicted,
-                         orientation=spec.orientation)
+                         options=OutputOptions(zip=True), orientation=spec.orientation)
     emit({"type": "message", "message": f"{report['n_ok']} segmented, {report['n_failed']} failed"})
     return {
         "predictions": str(out / "predictions.json"),
         "report": str(out / "report.json"),
         "overlays": str(out / "overlays"),
         "masks": str(out / "masks"),
-        "results_zip": str(zip_folder(out, workdir / "results.zip")),
+        "results_zip": str(out / ZIP_NAME),
     }
 
 

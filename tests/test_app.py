@@ -249,3 +249,7 @@ def test_a_correction_in_the_review_updates_mask_overlay_coco_and_ranking(backen
     assert f"corrected: {structure}" in caption
     entry = next(e for e in json.loads((out / "report.json").read_text())["images"] if e["file"] == file_name)
     assert entry["structures"][structure] == {"area": int(expected.sum()), "score": None, "corrected": True}
+    coco_file, archive = ui.export(token)
+    with zipfile.ZipFile(archive) as bundle:  # what the Export tab and the job_file endpoint hand out
+        zipped = np.asarray(Image.open(io.BytesIO(bundle.read(entry["files"]["masks"][structure])))) > 0
+    assert np.array_equal(zipped, expected)

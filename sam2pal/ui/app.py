@@ -20,7 +20,7 @@ from backends.base import Backend
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import load_image
 from sam2pal.io.outputs import replace_mask, structure_color
-from sam2pal.jobs import JobSpec, JobStatus, zip_folder
+from sam2pal.jobs import JobSpec, JobStatus
 from sam2pal.ui.api import register_api
 from sam2pal.ui.editing import corrected, editor_image, layer_masks, overview, review_items, tinted
 from sam2pal.ui.workspace import Limits, Workspace, Workspaces
@@ -377,8 +377,7 @@ class SamPalApp:
         coco = COCO(str(predictions))  # refuse to offer a file other tools could not read
         for annotation in coco.loadAnns(coco.getAnnIds()):
             coco.annToMask(annotation)
-        archive = zip_folder(predictions.parent, predictions.parent.parent / "sam2pal_results.zip")
-        return str(predictions), str(archive)
+        return str(predictions), status.files["results_zip"]  # corrections keep it current
 
     def upload_adapter(self, archive: str | None, token: str) -> str:
         if not archive:
