@@ -150,15 +150,16 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
 
 
 class PointsRunner:
-    """Runs click jobs, keeping each model loaded and the last images' features encoded.
+    """Runs click jobs, keeping the model loaded and the last images' features encoded.
 
     A fresh runner per job (what `run_job` does) loads the model and encodes the image every
     click; a worker that keeps one runner answers a second click on the same image with the
-    prompt decoder alone.
+    prompt decoder alone, without decoding the photo again.
     """
 
     def __init__(self) -> None:
-        self._prompters: dict[tuple, object] = {}
+        self._model_key: tuple | None = None
+        self._prompter = None
 
     def run(self, spec: JobSpec) -> dict[str, str]:
         """A mask from clicks on the image `spec.images`, saved as workdir/mask.png."""
@@ -167,21 +168,20 @@ class PointsRunner:
 
         from sam2pal import api
         from sam2pal.engine.points import PointPrompter
-        from sam2pal.io.images import load_image
+        from sam2pal.io.images import image_size, load_image
         from sam2pal.io.outputs import atomic_save_image
 
         model_key = (spec.model, spec.image_size, spec.device)
-        if model_key not in self._prompters:
-            self._prompters.clear()  # one model in memory at a time
-            self._prompters[model_key] = PointPrompter(api.load_model(spec.model, spec.image_size, spec.device))
-        image_path = Path(spec.images)
-        # stat first: a file replaced meanwhile costs a re-encode, never old features under a new key
-        key = f"{image_path}:{image_path.stat().st_mtime_ns}" if image_path.is_file() else None
-        image = load_image(image_path)
-        mask = self._prompters[model_key].mask(image, [tuple(p) for p in spec.points], key=key)
-        path = Path(spec.workdir) / "mask.png"
-        atomic_save_image(path, Image.fromarray(mask.astype(np.uint8) * 255))
-        return {"mask": str(path)}
+        if model_key != self._model_key:
+            self._prompter = PointPrompter(api.load_model(spec.model, spec.image_size, spec.device))
+            self._model_key = model_key
+        path = Path(spec.images)
+        width, height = image_size(path)  # the header names a missing or unreadable file
+        key = f"{path}:{path.stat().st_mtime_ns}"  # a replaced file is read and encoded again
+        mask = self._prompter.mask([tuple(p) for p in spec.points], (height, width), key, lambda: load_image(path))
+        out = Path(spec.workdir) / "mask.png"
+        atomic_save_image(out, Image.fromarray(mask.astype(np.uint8) * 255))
+        return {"mask": str(out)}
 
 
 def apply_event(status: JobStatus, event: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import numpy as np
@@ -114,6 +115,33 @@ def test_clicks_skip_the_queue_and_share_one_process_until_idle(collection, tmp_
     finally:
         backend.close()
     assert backend._clicks._process is None
+
+
+def test_a_points_runner_loads_its_model_once_and_encodes_an_image_again_only_when_it_changes(
+        collection, tmp_path, monkeypatch):
+    from sam2pal import api
+    from sam2pal.jobs import PointsRunner
+
+    loads = []
+    original = api.load_model
+    monkeypatch.setattr(api, "load_model", lambda *args: loads.append(args) or original(*args))
+    image = tmp_path / "template.png"
+    image.write_bytes((collection / "template_0.png").read_bytes())
+    runner = PointsRunner()
+
+    def click(points):
+        spec = JobSpec(kind="points", workdir=str(tmp_path / "job"), templates="", images=str(image),
+                       model="random:tiny", image_size=IMAGE_SIZE, device="cpu", points=points)
+        return np.asarray(Image.open(runner.run(spec)["mask"])) > 0
+
+    first = click([[40, 60, 1]])
+    click([[40, 60, 1], [100, 20, 0]])
+    assert len(loads) == 1 and runner._prompter.cache.misses == 1
+    Image.open(collection / "template_1.png").save(image)  # the user replaced the template image
+    os.utime(image, ns=(time.time_ns() + 10**9,) * 2)
+    click([[40, 60, 1]])
+    assert len(loads) == 1 and runner._prompter.cache.misses == 2
+    assert first.shape == (120, 160)
 
 
 def test_a_click_past_its_time_limit_fails_and_frees_the_lane(collection, tmp_path):

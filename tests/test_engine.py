@@ -213,17 +213,20 @@ def test_first_self_attention_runs_once_per_image_with_the_same_result(tiny):
         assert torch.allclose(alone, shared, rtol=1e-3, atol=1e-5 * float(alone.abs().max()))
 
 
-def test_clicks_on_one_image_encode_it_once(tiny):
+def test_clicks_on_one_image_read_and_encode_it_once(tiny):
     image, _ = draw_specimen(160, 120, 3, seed=4)
-    prompter = PointPrompter(tiny, images_kept=2)
-    first = prompter.mask(image, [(40.0, 60.0, 1)], key="a")
-    again = prompter.mask(image, [(40.0, 60.0, 1), (100.0, 20.0, 0)], key="a")
-    assert prompter.encoded == 1
+    reads = []
+
+    def load():
+        reads.append(1)
+        return image
+
+    prompter = PointPrompter(tiny)
+    first = prompter.mask([(40.0, 60.0, 1)], (120, 160), "a", load)
+    again = prompter.mask([(40.0, 60.0, 1), (100.0, 20.0, 0)], (120, 160), "a", load)
+    assert len(reads) == 1 and prompter.cache.misses == 1
     assert first.shape == again.shape == (120, 160) and first.dtype == bool
-    fresh = PointPrompter(tiny).mask(image, [(40.0, 60.0, 1), (100.0, 20.0, 0)])
+    fresh = PointPrompter(tiny).mask([(40.0, 60.0, 1), (100.0, 20.0, 0)], (120, 160), "b", lambda: image)
     assert again.any() and np.array_equal(again, fresh)  # cached features: the mask a fresh encode gives
-    for key in ("b", "c", "a"):  # "a" was pushed out by two newer images
-        prompter.mask(image, [(40.0, 60.0, 1)], key=key)
-    assert prompter.encoded == 4
     with pytest.raises(SamPalError, match="click at least one point"):
-        prompter.mask(image, [], key="a")
+        prompter.mask([], (120, 160), "a", load)

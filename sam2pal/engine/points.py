@@ -7,58 +7,47 @@ candidates for a single click).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from typing import Callable
 
 import numpy as np
 import torch
 
-from sam2pal.engine.frames import Encoder, Flat
+from sam2pal.engine.frames import Encoder, FeatureCache
 from sam2pal.engine.propagate import full_resolution
 from sam2pal.errors import SamPalError
 from sam2pal.model.build import LoadedModel
 
 
 class PointPrompter:
-    """Masks from clicks, keeping the features of the last few images clicked on.
+    """Masks from clicks, keeping the features of the last images clicked on.
 
-    A user clicks several times on one image; encoding it is nearly all the work (seconds on a
-    CPU at 1024 px), the prompt decoder is milliseconds, so each image is encoded once.
+    A user clicks several times on one image; decoding and encoding it is nearly all the work
+    (seconds on a CPU at 1024 px), the prompt decoder is milliseconds, so each image is read and
+    encoded once.
     """
 
-    def __init__(self, loaded: LoadedModel, images_kept: int = 4):
+    def __init__(self, loaded: LoadedModel, cache_bytes: int = 256 << 20):
         self.loaded = loaded
         self.encoder = Encoder(loaded)
-        self.images_kept = images_kept
-        self._features: OrderedDict[str, Flat] = OrderedDict()
-        self.encoded = 0
-
-    def _flat(self, image: np.ndarray, key: str | None) -> Flat:
-        flat = self._features.get(key) if key is not None else None
-        if flat is None:
-            flat = self.encoder.flatten(self.encoder.encode_images([image]))
-            self.encoded += 1
-            if key is not None:
-                self._features[key] = flat
-                while len(self._features) > self.images_kept:
-                    self._features.popitem(last=False)
-        else:
-            self._features.move_to_end(key)
-        return flat
+        self.cache = FeatureCache(cache_bytes)
 
     @torch.no_grad()
-    def mask(self, image: np.ndarray, points: list[tuple[float, float, int]], key: str | None = None) -> np.ndarray:
-        """Bool H×W mask from (x, y, label) clicks in image pixels; label 1 = inside, 0 = outside.
-
-        `key` names the image (its path and modification time, say): the same key means the
-        same pixels, so its features are reused.
-        """
+    def mask(self, points: list[tuple[float, float, int]], size: tuple[int, int], key: str,
+             load: Callable[[], np.ndarray]) -> np.ndarray:
+        """Bool mask of `size` (H, W) from (x, y, label) clicks in image pixels; label 1 = inside,
+        0 = outside. `key` names the image's pixels (path and modification time, say); `load`
+        reads them, called only when the key's features are not cached."""
         if not points:
             raise SamPalError("click at least one point on the structure")
-        height, width = image.shape[:2]
-        size = self.loaded.image_size
+        height, width = size
+        side = self.loaded.image_size
         self.loaded.sam.eval()
-        flat = self._flat(image, key)
-        coords = torch.tensor([[(x * size / width, y * size / height) for x, y, _ in points]], dtype=torch.float32)
+        frame = self.cache.get(key)
+        if frame is None:
+            frame = self.encoder.encode_images([load()])
+            self.cache.put(key, frame)
+        flat = self.encoder.flatten(frame)
+        coords = torch.tensor([[(x * side / width, y * side / height) for x, y, _ in points]], dtype=torch.float32)
         labels = torch.tensor([[label for _, _, label in points]], dtype=torch.int32)
         prompt = {"point_coords": coords.to(self.loaded.device), "point_labels": labels.to(self.loaded.device)}
         with self.loaded.autocast():
