@@ -197,11 +197,13 @@ def test_first_self_attention_runs_once_per_image_with_the_same_result(tiny):
     tiny.sam.memory_attention.layers[0].self_attn.register_forward_hook(
         lambda module, args, output: rows_seen.append(output.shape[0])
     )
+    shared = x1.expand(3)
+    frames = {1: Frame(shared.levels), 3: shared}  # the same rows, unmarked and marked as one image
     results = {}
-    for rows_per_image in (1, 3):
+    for rows_per_image, frame in frames.items():
         for p in params:
             p.grad = None
-        output = track(tiny.sam, encoder.flatten(x1.expand(3)), [memory], rows_per_image)
+        output = track(tiny.sam, encoder.flatten(frame), [memory])
         output.high_res_logits.sum().backward()
         results[rows_per_image] = (output.high_res_logits.detach(), [p.grad.clone() for p in params])
     assert rows_seen == [3, 1]

@@ -50,23 +50,30 @@ def resize_masks(masks: np.ndarray | torch.Tensor, image_size: int) -> torch.Ten
 
 @dataclass
 class Frame:
-    """Backbone features of a batch: three levels, each (B, C, h, w), finest first."""
+    """Backbone features of a batch: three levels, each (B, C, h, w), finest first.
+
+    `rows_per_image`: the rows come in runs of that many copies of one image (the objects of an
+    image), which tracking uses to run image-only work once per image.
+    """
 
     levels: list[torch.Tensor]
+    rows_per_image: int = 1
 
     @property
     def batch(self) -> int:
         return self.levels[0].shape[0]
 
-    def select(self, rows: torch.Tensor | list[int]) -> "Frame":
-        """Rows of the batch, repeated as needed: `select([0, 0, 0])` shares one image among 3 objects."""
-        index = torch.as_tensor(rows, device=self.levels[0].device, dtype=torch.long)
-        return Frame([level.index_select(0, index) for level in self.levels])
-
     def expand(self, count: int) -> "Frame":
         """One image shared by `count` objects without copying (the video predictor's trick)."""
         assert self.batch == 1
-        return Frame([level.expand(count, -1, -1, -1) for level in self.levels])
+        return Frame([level.expand(count, -1, -1, -1) for level in self.levels], rows_per_image=count)
+
+    def repeat_each(self, count: int) -> "Frame":
+        """Every image `count` times in a row (image-major): one row per (image, object)."""
+        if self.batch == 1:
+            return self.expand(count)
+        index = torch.arange(self.batch, device=self.levels[0].device).repeat_interleave(count)
+        return Frame([level.index_select(0, index) for level in self.levels], rows_per_image=count)
 
     def nbytes(self) -> int:
         return sum(level.numel() * level.element_size() for level in self.levels)
@@ -79,6 +86,7 @@ class Flat:
     feats: list[torch.Tensor]
     pos: list[torch.Tensor]
     sizes: list[tuple[int, int]]
+    rows_per_image: int = 1  # as in the Frame it came from
 
 
 class Encoder:
@@ -112,7 +120,7 @@ class Encoder:
         feats = [level.flatten(2).permute(2, 0, 1) for level in frame.levels]
         pos = [p.to(frame.levels[0].dtype).flatten(2).permute(2, 0, 1).expand(-1, batch, -1) for p in self._pos]
         sizes = [(level.shape[-2], level.shape[-1]) for level in frame.levels]
-        return Flat(feats, pos, sizes)
+        return Flat(feats, pos, sizes, frame.rows_per_image)
 
 
 class FeatureCache:

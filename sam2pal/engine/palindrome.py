@@ -110,11 +110,11 @@ def palindrome_step(
     specimen: Flat = encoder.flatten(x1.expand(count))
     with object_gate_bypassed(sam), encoder.loaded.autocast():
         template_memory = condition_on_mask(sam, template, y0)  # x0 with y0
-        forward = track(sam, specimen, [template_memory], count)  # x1: soft ŷ1
+        forward = track(sam, specimen, [template_memory])  # x1: soft ŷ1
         if cycle_memory == "tracked":  # reset: x1 with ŷ1 is the only memory (x1†)
             specimen_memory = condition_on_prediction(sam, specimen, forward)
         else:
             specimen_memory = condition_on_mask(sam, specimen, torch.sigmoid(forward.high_res_logits))
-        backward = track(sam, template, [specimen_memory], count)  # x0†: the template predicted back
+        backward = track(sam, template, [specimen_memory])  # x0†: the template predicted back
     loss, per_structure = cycle_loss(backward, y0)
     return StepOutput(loss, per_structure, forward, backward)

@@ -67,10 +67,9 @@ def template_memories(
 
 def segment(encoder: Encoder, frame: Frame, memories: list[Memory], count: int) -> TrackOutput:
     """Track `count` structures on every image of `frame`; rows are image-major."""
-    rows = torch.arange(frame.batch).repeat_interleave(count)
-    flat = encoder.flatten(frame.select(rows) if frame.batch > 1 else frame.expand(count))
+    flat = encoder.flatten(frame.repeat_each(count))
     with encoder.loaded.autocast():
-        return track(encoder.loaded.sam, flat, [repeat_memory(m, frame.batch) for m in memories], count)
+        return track(encoder.loaded.sam, flat, [repeat_memory(m, frame.batch) for m in memories])
 
 
 def full_resolution(low_res_logits: torch.Tensor, height: int, width: int) -> np.ndarray:

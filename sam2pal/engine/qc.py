@@ -57,12 +57,12 @@ def round_trip_iou(
     no template annotates the structure)."""
     sam = encoder.loaded.sam
     rows = specimens.batch * count
-    flat = encoder.flatten(specimens.select(torch.arange(specimens.batch).repeat_interleave(count)))
+    flat = encoder.flatten(specimens.repeat_each(count))
     with encoder.loaded.autocast():
         memory = condition_on_mask(sam, flat, (output.high_res_logits > 0).float())
         scores = []
         for truth in truths:
-            back = track(sam, encoder.flatten(truth.frame.expand(rows)), [memory], rows)
+            back = track(sam, encoder.flatten(truth.frame.expand(rows)), [memory])
             iou = _iou(back.low_res_logits[:, 0] > 0, truth.masks.repeat(specimens.batch, 1, 1))
             annotated = truth.annotated.repeat(specimens.batch)
             scores.append(torch.where(annotated, iou, torch.full_like(iou, float("nan"))))

@@ -115,17 +115,16 @@ def first_self_attention_per_image(sam: torch.nn.Module, rows_per_image: int) ->
         del layer._forward_sa
 
 
-def track(sam: torch.nn.Module, frame: Flat, memories: list[Memory], rows_per_image: int = 1) -> TrackOutput:
+def track(sam: torch.nn.Module, frame: Flat, memories: list[Memory]) -> TrackOutput:
     """Segment `frame` from conditioning memories placed at frames 0..M-1; it is frame M of M+1.
 
     Training and inference use the same frame indices, so the temporal encodings the model
-    learns with are the ones it meets at inference. `rows_per_image`: the frame's rows come in
-    runs of that many copies of one image (K structures of a specimen), which lets work that
-    depends on the image alone run once per image.
+    learns with are the ones it meets at inference. Work that depends on the image alone runs
+    once per image where the frame's rows repeat images (`Flat.rows_per_image`).
     """
     frame_idx = len(memories)
     output_dict = {"cond_frame_outputs": dict(enumerate(memories)), "non_cond_frame_outputs": {}}
-    with first_self_attention_per_image(sam, rows_per_image):
+    with first_self_attention_per_image(sam, frame.rows_per_image):
         _, outputs, _, _ = sam._track_step(
             frame_idx, False, frame.feats, frame.pos, frame.sizes, None, None, output_dict, frame_idx + 1, False, None
         )
