@@ -249,6 +249,11 @@ def test_a_correction_in_the_review_updates_mask_overlay_coco_and_ranking(backen
     assert f"corrected: {structure}" in caption
     entry = next(e for e in json.loads((out / "report.json").read_text())["images"] if e["file"] == file_name)
     assert entry["structures"][structure] == {"area": int(expected.sum()), "score": None, "corrected": True}
+    nothing = np.zeros((height, width, 4), dtype=np.uint8)
+    for other in ws.structures[1:]:  # every structure checked by a person: the image goes last
+        ui.apply_correction({"layers": [nothing, nothing]}, file_name, other, False, token)
+    _, gallery = ui.prediction_view(token)
+    assert gallery[-1][1].startswith(f"{file_name} · QC 1.00") and not gallery[0][1].startswith(file_name)
     coco_file, archive = ui.export(token)
     with zipfile.ZipFile(archive) as bundle:  # what the Export tab and the job_file endpoint hand out
         zipped = np.asarray(Image.open(io.BytesIO(bundle.read(entry["files"]["masks"][structure])))) > 0

@@ -63,6 +63,7 @@ class SamPalApp:
         self.config = config
         self.backend = backend
         self.workspaces = workspaces or Workspaces()
+        self._rankings: dict[str, tuple[int, list]] = {}  # report path -> (its mtime, its ranking)
 
     def _ws(self, token: str | None) -> Workspace:
         return self.workspaces.get(token)[1]
@@ -293,23 +294,14 @@ class SamPalApp:
         return line, [(str(path), caption) for path, caption, _ in self._ranked(status)]
 
     def _ranked(self, status: JobStatus) -> list[tuple[Path, str, str]]:
-        """(overlay, caption, image file) sorted by the quality score, lowest first."""
-        report = json.loads(Path(status.files["report"]).read_text())
-        out = Path(status.files["report"]).parent
-        items = []
-        for entry in report["images"]:
-            if entry["status"] != "ok":
-                continue
-            scores = [_quality(s) for s in entry["structures"].values()]
-            quality = min(scores) if scores else 0.0
-            flags = entry.get("flags", [])  # the quality check's, over every structure not yet corrected
-            fixed = [name for name, s in entry["structures"].items() if s.get("corrected")]
-            caption = f"{entry['file']} · QC {quality:.2f}" + (f" · {', '.join(flags)}" if flags else "")
-            caption += f" · corrected: {', '.join(fixed)}" if fixed else ""
-            path = out / entry["files"]["overlay"]
-            if path.is_file():
-                items.append((quality, path, caption, entry["file"]))
-        return [(p, c, f) for _, p, c, f in sorted(items, key=lambda item: item[0])]
+        """The ranking of this job's report, read again only when the report changed (every open
+        page asks once a second)."""
+        path = Path(status.files["report"])
+        modified = path.stat().st_mtime_ns
+        cached = self._rankings.get(str(path))
+        if cached is None or cached[0] != modified:
+            cached = self._rankings[str(path)] = (modified, _ranking(path))
+        return cached[1]
 
     # --- corrections ------------------------------------------------------------------------
 
@@ -322,10 +314,11 @@ class SamPalApp:
         file_name = _clicked_file(ranked, evt)
         return file_name, *self._correction_editor(ws, status, file_name, structure)
 
-    def _correction_editor(self, ws: Workspace, status: JobStatus, file_name: str, structure: str | None):
+    def _correction_editor(self, ws: Workspace, status: JobStatus, file_name: str, structure: str | None,
+                           image: np.ndarray | None = None):
         structure = structure or ws.structures[0]
-        image = load_image(ws.specimen_dir() / file_name)
-        mask = _predicted_mask(status, file_name, structure, image.shape[:2])
+        image = load_image(ws.specimen_dir() / file_name) if image is None else image
+        mask = _predicted_mask(_mask_files(status, file_name)[structure], image.shape[:2])
         background = tinted(image, mask, ws.structures.index(structure))
         value = {"background": background, "layers": [], "composite": background}
         editor = gr.ImageEditor(value=value, layers=gr.LayerOptions(layers=["add", "remove"], allow_additional_layers=False),
@@ -347,7 +340,8 @@ class SamPalApp:
         if not file_name or not structure or status is None:
             raise gr.Error("Open a specimen from the gallery first.")
         image = load_image(ws.specimen_dir() / file_name)
-        predicted = _predicted_mask(status, file_name, structure, image.shape[:2])
+        files = _mask_files(status, file_name)
+        predicted = _predicted_mask(files[structure], image.shape[:2])
         try:
             mask = corrected(predicted, value)
         except SamPalError as exc:
@@ -360,9 +354,9 @@ class SamPalApp:
         if to_templates:
             shutil.copy(ws.specimen_dir() / file_name, ws.root / "templates" / file_name)
             for name in ws.structures:
-                ws.set_mask(file_name, name, mask if name == structure else _predicted_mask(status, file_name, name, image.shape[:2]))
+                ws.set_mask(file_name, name, mask if name == structure else _predicted_mask(files[name], image.shape[:2]))
             note += " Added to the templates for the next round."
-        return note, *self._correction_editor(ws, status, file_name, structure)
+        return note, *self._correction_editor(ws, status, file_name, structure, image)
 
     # --- export -----------------------------------------------------------------------------
 
@@ -412,6 +406,26 @@ def _with_points(image: np.ndarray, points: list, scale: float) -> np.ndarray:
     return np.asarray(shown)
 
 
+def _ranking(report_path: Path) -> list[tuple[Path, str, str]]:
+    """(overlay, caption, image file) of every segmented image, lowest quality first."""
+    report = json.loads(report_path.read_text())
+    out = report_path.parent
+    items = []
+    for entry in report["images"]:
+        if entry["status"] != "ok":
+            continue
+        scores = [_quality(s) for s in entry["structures"].values()]
+        quality = min(scores) if scores else 0.0
+        flags = entry.get("flags", [])  # the quality check's, over every structure not yet corrected
+        fixed = [name for name, s in entry["structures"].items() if s.get("corrected")]
+        caption = f"{entry['file']} · QC {quality:.2f}" + (f" · {', '.join(flags)}" if flags else "")
+        caption += f" · corrected: {', '.join(fixed)}" if fixed else ""
+        path = out / entry["files"]["overlay"]
+        if path.is_file():
+            items.append((quality, path, caption, entry["file"]))
+    return [(p, c, f) for _, p, c, f in sorted(items, key=lambda item: item[0])]
+
+
 def _clicked_file(ranked: list[tuple[Path, str, str]], evt: gr.SelectData) -> str:
     """The image whose overlay was clicked. By caption (it starts with the file name) rather than
     position: a correction re-ranks the gallery, and the page may not have refreshed yet."""
@@ -434,15 +448,14 @@ def _quality(structure: dict) -> float:
     return float(value) if value is not None else 0.0
 
 
-def _mask_file(status: JobStatus, file_name: str, structure: str) -> Path:
-    """The mask PNG the writer made for this image and structure (its name is cleaned and unique)."""
+def _mask_files(status: JobStatus, file_name: str) -> dict[str, Path]:
+    """The mask PNG the writer made for each structure of this image (names cleaned and unique)."""
     report = Path(status.files["report"])
     entry = next(e for e in json.loads(report.read_text())["images"] if e["file"] == file_name and e["status"] == "ok")
-    return report.parent / entry["files"]["masks"][structure]
+    return {name: report.parent / path for name, path in entry["files"]["masks"].items()}
 
 
-def _predicted_mask(status: JobStatus, file_name: str, structure: str, shape: tuple[int, int]) -> np.ndarray:
-    path = _mask_file(status, file_name, structure)
+def _predicted_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.open(path)) > 0 if path.is_file() else np.zeros(shape, dtype=bool)
 
 
