@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import resource
 import sys
 import tempfile
@@ -103,9 +104,6 @@ def _peak_rss_mb() -> float:
 
 def _one_size(model_name: str, image_size: int, device: str, specimens: int, steps: int, compiled: bool,
               queue) -> None:
-    import os
-
-    os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         row: dict = {"image_size": image_size}
         # a discarded run first: the process's one-time costs (thread pools, kernel selection,
@@ -126,11 +124,17 @@ def _one_size(model_name: str, image_size: int, device: str, specimens: int, ste
     queue.put(row)
 
 
+def _quietly(target, *args) -> None:
+    """In the child: no progress bars between the table's lines."""
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    target(*args)
+
+
 def _in_fresh_process(target, *args) -> dict:
     """Run `target(*args, queue)` in a spawned process, so its peak RSS is its own; its row back."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=target, args=(*args, queue))
+    process = context.Process(target=_quietly, args=(target, *args, queue))
     process.start()
     row = queue.get()
     process.join()
@@ -147,9 +151,6 @@ def run_bench(model: str, sizes: list[int], device: str, specimens: int, steps: 
 
 def _scale_run(model_name: str, image_size: int, device: str, folder: str, count: int, queue) -> None:
     """`sam2pal predict` on the first `count` specimens (QC on, as by default), in its own process."""
-    import os
-
-    os.environ.setdefault("TQDM_DISABLE", "1")
     from sam2pal.api import predict
 
     model = load_model(model_name, image_size, device)

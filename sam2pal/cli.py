@@ -346,6 +346,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.scale:
             if min(args.scale) < 1:
                 raise SamPalError(f"--scale {' '.join(map(str, args.scale))}: counts must be at least 1")
+            if args.compile:
+                raise SamPalError("--scale measures memory per collection size; run --compile without it")
             run_scale(args.model, args.image_size[0], args.device, args.scale)
             return EXIT_OK
 

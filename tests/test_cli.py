@@ -334,7 +334,7 @@ def test_bench_prints_one_row_of_timings_per_image_size(capsys):
     (row,) = [dict(zip(header.split(" | "), line.split(" | "))) for line in out.splitlines() if line[:1].isdigit()]
     assert row["size"] == "64" and row["device"] == "cpu"
     k1, k3 = float(row["K=1 step s"]), float(row["K=3 step s"])
-    assert k1 > 0 and k3 > 0 and float(row["K3/K1"]) == pytest.approx(k3 / k1, abs=0.01)
+    assert k1 > 0 and k3 > 0 and float(row["K3/K1"]) == pytest.approx(k3 / k1, rel=0.05)  # from rounded times
     assert float(row["predict img/s"]) > 0 and float(row["videopred img/s"]) > 0
     assert float(row["peak RSS MB"]) > 100
 
@@ -345,7 +345,8 @@ def test_bench_scale_prints_peak_memory_per_collection_size(capsys):
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line[:1].isdigit()]
     assert [(row[0], row[1]) for row in rows] == [("1", "1"), ("3", "3")]  # specimens asked, written
     first, second = float(rows[0][4]), float(rows[1][4])  # peak RSS MB of each fresh process
-    assert first > 100 and float(rows[1][5]) == pytest.approx(second / first, abs=2e-3)
+    assert first > 100 and float(rows[1][5]) == pytest.approx(second / first, abs=5e-3)
+    assert main(["bench", "--scale", "1", "--compile", "--model", "random:tiny"]) == 2  # it would be ignored
 
 
 def test_compile_flag_compiles_the_image_encoder(collection, tmp_path, monkeypatch):

@@ -82,6 +82,15 @@ def test_features_beyond_the_ram_budget_come_back_from_disk(tiny, collection, tm
     assert list(spill.iterdir()) == []  # the spill folder goes with the run
 
 
+@pytest.fixture(scope="module")
+def one_pass_step(collection_master, tmp_path_factory) -> dict:
+    """The log of one step with all structures in one pass (random:tiny is the same every load)."""
+    out = tmp_path_factory.mktemp("one_pass")
+    Trainer(load_model("random:tiny", IMAGE_SIZE, "cpu"), load_templates(collection_master / "templates.json"),
+            list_images(collection_master / "specimens"), out, TrainConfig(epochs=1, steps_per_epoch=1)).run()
+    return [e for e in _log(out) if "step" in e][0]
+
+
 @pytest.mark.parametrize(
     ("config", "rows"),
     [(TrainConfig(epochs=1, steps_per_epoch=1), [3]),  # CPU default at 256 px: all fit the budget
@@ -89,7 +98,7 @@ def test_features_beyond_the_ram_budget_come_back_from_disk(tiny, collection, tm
      (TrainConfig(epochs=1, steps_per_epoch=1, low_memory=True), [1, 1, 1]),
      (TrainConfig(epochs=1, steps_per_epoch=1, structures_per_pass=3, low_memory=True), [3])],
 )
-def test_a_step_runs_its_structures_in_passes(tiny, collection, tmp_path, monkeypatch, config, rows):
+def test_a_step_runs_its_structures_in_passes(tiny, collection, tmp_path, monkeypatch, config, rows, one_pass_step):
     import sam2pal.engine.trainer as trainer_module
 
     seen, original, released = [], trainer_module.palindrome_step, []
@@ -101,13 +110,15 @@ def test_a_step_runs_its_structures_in_passes(tiny, collection, tmp_path, monkey
     assert released == [config.low_memory]
     step = [e for e in _log(tmp_path / "a") if "step" in e][0]
     assert set(step["per_structure"]) == {"head", "wing", "eye"}
-    assert step["loss"] >= sum(step["per_structure"].values())  # plus the object-score terms
+    # passes change memory and speed, not what is learned
+    assert step["loss"] == pytest.approx(one_pass_step["loss"], rel=1e-4)
+    assert step["per_structure"] == pytest.approx(one_pass_step["per_structure"], rel=1e-4)
 
 
 def test_low_memory_returns_freed_memory_on_glibc():
     # in a child process: the allocator setting lasts for the life of the process
     code = ("from sam2pal.engine.allocator import freed_memory_returned\n"
-            "with freed_memory_returned() as applied: print(applied)")
+            "with freed_memory_returned(True) as applied: print(applied)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert result.stdout.strip() == str(glibc)

@@ -33,7 +33,7 @@ def _set_mmap_threshold(threshold_bytes: int) -> bool:
 
 
 @contextmanager
-def freed_memory_returned(enabled: bool = True) -> Iterator[bool]:
+def freed_memory_returned(enabled: bool) -> Iterator[bool]:
     """Allocations above 1 MB return to the system on free for a block (training); afterwards the
     heap serves blocks up to 32 MB again, so prediction in the same process runs at full speed.
     Yields whether it applied."""

@@ -193,12 +193,10 @@ class FeatureCache:
         if self._disk is None or key in self._on_disk:
             return
         path = self._path(key)
-        tmp = path.with_suffix(".tmp")
-        try:
-            save_file({str(i): level.contiguous().cpu() for i, level in enumerate(frame.levels)}, str(tmp))
-            tmp.replace(path)
+        try:  # a key counts as on disk only once its file is whole, and the folder is ours alone
+            save_file({str(i): level.contiguous().cpu() for i, level in enumerate(frame.levels)}, str(path))
         except OSError as exc:  # a full disk costs re-encoding, never the run
-            tmp.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             warnings.warn(f"feature cache: cannot write {path} ({exc.strerror}); dropping features instead")
             return
         self._on_disk.add(key)
