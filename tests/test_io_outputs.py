@@ -343,6 +343,22 @@ def test_an_image_whose_masks_were_deleted_is_done_again(tmp_path: Path) -> None
     assert second.is_done(Path("a.jpg")) and not second.is_done(Path("b.jpg"))
 
 
+def test_a_record_from_before_file_names_were_reported_is_done_again(tmp_path: Path) -> None:
+    first = _writer(tmp_path)
+    first.add(Path("a.jpg"), IMAGE, _masks(1))
+    first.add(Path("b.jpg"), IMAGE, _masks(2))
+    first.close()
+    old = json.loads((tmp_path / ".records" / "b.json").read_text())
+    del old["report"]["files"]  # the record format of the first landing
+    (tmp_path / ".records" / "b.json").write_text(json.dumps(old))
+
+    second = _writer(tmp_path)
+    assert second.is_done(Path("a.jpg")) and not second.is_done(Path("b.jpg"))
+    second.add(Path("b.jpg"), IMAGE, _masks(2))
+    report = second.close()
+    assert [e["files"]["overlay"] for e in report["images"]] == ["overlays/a.jpg", "overlays/b.jpg"]
+
+
 def test_results_of_another_run_are_not_mixed_in(tmp_path: Path) -> None:
     _writer(tmp_path).close()
 

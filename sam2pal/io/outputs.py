@@ -201,10 +201,18 @@ def _read_object(path: Path) -> dict | None:
 
 
 def _read_record(path: Path) -> dict | None:
-    """An image's record from an earlier run, or None (then the image is simply done again)."""
+    """An image's record from an earlier run, or None (then the image is simply done again;
+    records older than the file names in the report entry are treated so too)."""
     record = _read_object(path)
-    keys = {"stem", "report", "width", "height", "annotations", "files"}
-    return record if record is not None and keys <= record.keys() else None
+    keys = {"stem", "report", "width", "height", "annotations"}
+    if record is None or not keys <= record.keys() or not isinstance(record["report"].get("files"), dict):
+        return None
+    return record
+
+
+def _entry_files(entry: dict) -> list[str]:
+    """The files written for one segmented image: its mask PNGs, then its overlay."""
+    return [*entry["files"]["masks"].values(), entry["files"]["overlay"]]
 
 
 def _review_fields(quality: list[dict] | None, orientation: str | None) -> dict:
@@ -234,8 +242,7 @@ def _review_order(entries: list[dict]) -> list[str]:
 
 def _result_files(entries: list[dict]) -> list[str]:
     """Everything a results zip holds, in report order."""
-    files = [name for e in entries if e["status"] == "ok"
-             for name in [*e["files"]["masks"].values(), e["files"]["overlay"]]]
+    files = [name for e in entries if e["status"] == "ok" for name in _entry_files(e)]
     return [PREDICTIONS_NAME, REPORT_NAME, *files]
 
 
@@ -285,7 +292,7 @@ class PredictionWriter:
         if self._records_dir.is_dir():
             for path in self._records_dir.glob("*.json"):
                 record = _read_record(path)
-                for name in record["files"] if record is not None else []:
+                for name in _entry_files(record["report"]) if record is not None else []:
                     (self.out_dir / name).unlink(missing_ok=True)
             shutil.rmtree(self._records_dir)
         for name in (PREDICTIONS_NAME, REPORT_NAME, ZIP_NAME):
@@ -315,7 +322,7 @@ class PredictionWriter:
                 continue
             record = _read_record(path)
             if record is not None and all(
-                (self.out_dir / name).is_file() for name in record["files"]
+                (self.out_dir / name).is_file() for name in _entry_files(record["report"])
             ):
                 records.append(record)
         records.sort(key=lambda record: record["report"]["file"])
@@ -412,7 +419,6 @@ class PredictionWriter:
             "width": width,
             "height": height,
             "annotations": annotations,
-            "files": files,
         }
         atomic_write_json(self._records_dir / f"{stem}.json", record)  # last: the image is done
         self._earlier.pop(stem, None)
