@@ -358,3 +358,14 @@ def test_compile_flag_compiles_the_image_encoder(collection, tmp_path, monkeypat
                  str(collection / "specimens"), "--out", str(tmp_path / "out"), "--compile", "--no-qc", *TINY])
     assert code == 0
     assert compiled == [("ImageEncoder", {"dynamic": False})]
+
+
+def test_memory_flags_reach_the_training_config(tmp_path):
+    from sam2pal.cli import _train_config, build_parser
+
+    args = build_parser().parse_args(["train", "--templates", "t.json", "--images", "imgs", "--out", "a",
+                                      "--structures-per-pass", "1", "--low-memory", "--feature-cache-gb", "0.5",
+                                      "--feature-cache-dir", str(tmp_path), "--max-pixels", "1000"])
+    config = _train_config(args)
+    assert (config.structures_per_pass, config.low_memory, config.cache_bytes, config.cache_dir, config.max_pixels) == (
+        1, True, 2**29, tmp_path, 1000)
