@@ -1,4 +1,4 @@
-"""`sam2pal check | train | predict | run | evaluate | bench`: the library from a shell.
+"""`sam2pal check | train | predict | run | evaluate | pretrain | bench | serve`: the library from a shell.
 
 Exit status: 0 when every specimen succeeded, 1 when some failed (the rest is written and the
 failures are in report.json), 2 for invalid arguments or input a user must fix first.
@@ -33,8 +33,10 @@ def _names(flag: str, legacy: str | None, use_legacy: bool) -> list[str]:
 def _model_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(*_names("--model", "--sam2_checkpoint", legacy), dest="model", default=None, help="tiny|small|base-plus|large (SAM2.1), sam2-tiny…, a Hub id, "
-                       "a checkpoint path, or random:tiny (untrained, for tests). Default facebook/sam2.1-hiera-tiny")
-    group.add_argument("--image-size", type=int, default=1024, help="model input size, a multiple of 32 (default 1024)")
+                       "a checkpoint path, random:tiny (untrained, for tests) or synthetic:256 (trained here on synthetic "
+                       "specimens only). Default facebook/sam2.1-hiera-tiny")
+    group.add_argument("--image-size", type=int, default=None,
+                       help="model input size, a multiple of 32 (default 1024; a synthetic model: its own, 256)")
     group.add_argument("--device", default="auto", help="auto|cpu|cuda|mps (auto: cuda > mps > cpu)")
     group.add_argument("--compile", action="store_true",
                        help="torch.compile the image encoder: slow first batch, then faster where it pays "
@@ -81,6 +83,11 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group.add_argument("--feature-cache-dir", type=Path, metavar="DIR",
                        help="put features that do not fit in RAM in a temporary folder inside DIR "
                             "instead of encoding them again")
+    group.add_argument("--folds", type=int, default=5, help="validation: templates are dealt into this many folds "
+                       "(at most one per template) and one is held out, never trained on (default 5: about "
+                       "one in five)")
+    group.add_argument("--fold", type=int, default=0, help="which fold is held out (0 … --folds − 1); run each "
+                       "fold for k-fold validation")
     group.add_argument("--no-augment", action="store_true", help="do not move x1 relative to x0 (not recommended)")
     group.add_argument("--seed", type=int, default=0)
 
@@ -158,16 +165,44 @@ def build_parser() -> argparse.ArgumentParser:
                           help="boundary F1 counts a boundary pixel as matched within this many pixels (default 2)")
     evaluate.add_argument("--out", type=Path, help="write metrics.csv, metrics.json and metrics.png here")
 
-    bench = commands.add_parser("bench", help="print training and prediction speed on this machine")
-    bench.add_argument("--model", default="random:tiny")
-    bench.add_argument("--image-size", type=int, nargs="+", default=[256, 512])
-    bench.add_argument("--device", default="auto")
-    bench.add_argument("--specimens", type=int, default=8, help="specimens for the predict timing")
+    commands.add_parser("serve", add_help=False, help="start the web app (the flags of app.py; "
+                        "`sam2pal serve --help` lists them)")
+
+    pretrain = commands.add_parser("pretrain", help="train the small synthetic SAM2 from random weights on "
+                                   "synthetic specimens (what --model synthetic:256 loads)")
+    pretrain.add_argument("--out", type=Path, required=True, help="checkpoint to write (.safetensors, fp16)")
+    pretrain.add_argument("--steps", type=int, default=2600, help="optimiser steps (default 2600)")
+    pretrain.add_argument("--image-size", type=int, default=256, help="model input size (default 256)")
+    pretrain.add_argument("--pairs-per-step", type=int, default=2, help="template → specimen pairs per step")
+    pretrain.add_argument("--lr", type=float, default=6e-4, help="peak learning rate (warm-up, then cosine)")
+    pretrain.add_argument("--seed", type=int, default=0, help="seeds the weights and every synthetic draw")
+    pretrain.add_argument("--minutes", type=float, help="stop after this long, state saved; --resume goes on")
+    pretrain.add_argument("--resume", action="store_true", help="continue from OUT's .state.pt")
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    bench = commands.add_parser("bench", help="print training and prediction speed on this machine, or with "
+                                "--quality how well a model segments synthetic collections it never saw")
+    bench.add_argument("--model", default=None, help="model to measure (default random:tiny for speed, "
+                       "synthetic:256 for --quality)")
+    bench.add_argument("--image-size", type=int, nargs="+", default=None,
+                       help="model input sizes, each timed in its own process (default 256 512; --quality: "
+                            "the first, default the model's own)")
+    bench.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    bench.add_argument("--specimens", type=int, default=8, help="specimens for the predict timing, or per "
+                       "collection with --quality")
     bench.add_argument("--steps", type=int, default=4, help="training steps per timing")
     bench.add_argument("--compile", action="store_true", help="also time prediction with --compile")
     bench.add_argument("--scale", type=int, nargs="+", metavar="N",
                        help="instead: peak RSS of `predict` runs on N specimens each (e.g. --scale 50 500), "
                             "at the first --image-size")
+    quality = bench.add_argument_group("--quality (synthetic collections from evaluation seeds)")
+    quality.add_argument("--quality", action="store_true", help="instead: segmentation quality table "
+                         "(zero-shot, orientation search, quality check, fine-tuning under a domain shift)")
+    quality.add_argument("--collections", type=int, default=12, help="in-domain collections (default 12)")
+    quality.add_argument("--finetune-seeds", type=int, default=2,
+                         help="collections per shifted domain for the fine-tuning rows (0 skips them; default 2)")
+    quality.add_argument("--finetune-epochs", type=int, default=4, help="epochs of each fine-tune (default 4)")
+    quality.add_argument("--out", type=Path, help="also write quality.json and quality.md here")
     return parser
 
 
@@ -225,6 +260,8 @@ def _train_config(args: argparse.Namespace):
         augment=not args.no_augment,
         max_pixels=args.max_pixels,
         seed=args.seed,
+        folds=args.folds,
+        fold=args.fold,
     )
 
 
@@ -339,10 +376,60 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _pretrain(args: argparse.Namespace) -> int:
+    from sam2pal.engine.pretrain import PretrainConfig, Pretrainer
+
+    if args.out.suffix != ".safetensors":
+        raise SamPalError(f"--out {args.out}: name the checkpoint NAME.safetensors")
+    config = PretrainConfig(steps=args.steps, image_size=args.image_size, pairs_per_step=args.pairs_per_step,
+                            lr=args.lr, seed=args.seed)
+    bar = tqdm(desc="pretraining", unit="step", total=config.steps, file=sys.stderr, disable=args.quiet)
+
+    def progress(event: dict) -> None:
+        if event["type"] == "step":
+            bar.n = event["step"]
+            bar.set_postfix(loss=f"{event['loss']:.3f}", clicks=f"{event['clicks']:.3f}", refresh=False)
+            bar.refresh()
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    trainer = Pretrainer(config, args.out, progress)
+    if args.resume:
+        trainer.resume()
+        bar.n = trainer.step
+    command = " ".join(["sam2pal pretrain", f"--out {args.out.name}", f"--steps {config.steps}",
+                        f"--image-size {config.image_size}", f"--pairs-per-step {config.pairs_per_step}",
+                        f"--lr {config.lr:g}", f"--seed {config.seed}"]
+                       + ([f"--minutes {args.minutes:g}"] if args.minutes is not None else []))
+    finished = trainer.run(args.minutes, command)
+    bar.close()
+    from sam2pal.model.build import file_sha256
+
+    done = "" if finished else f" after {trainer.step} of {config.steps} steps (--minutes)"
+    print(f"wrote {args.out}{done} (sha256 {file_sha256(args.out)}), trained on synthetic specimens only",
+          file=sys.stderr)
+    if not finished:
+        print("continue with the same command and --resume", file=sys.stderr)
+    return EXIT_OK
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "pretrain":
+        return _pretrain(args)
     if args.command == "bench":
         from sam2pal.bench import run_bench, run_scale
 
+        if args.quality:
+            from sam2pal.bench_quality import run_quality
+
+            if args.collections < 1 or args.specimens < 1 or args.finetune_seeds < 0 or args.finetune_epochs < 1:
+                raise SamPalError("--collections, --specimens and --finetune-epochs must be at least 1, "
+                                  "--finetune-seeds at least 0")
+            size = args.image_size[0] if args.image_size else None
+            run_quality(args.model or "synthetic:256", size, args.device, args.collections, args.specimens,
+                        args.finetune_seeds, args.finetune_epochs, args.out)
+            return EXIT_OK
+        args.model = args.model or "random:tiny"
+        args.image_size = args.image_size or [256, 512]
         if args.scale:
             if min(args.scale) < 1:
                 raise SamPalError(f"--scale {' '.join(map(str, args.scale))}: counts must be at least 1")
@@ -370,7 +457,15 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "serve":
+        from sam2pal.ui.serve import main as serve
+
+        serve(rest, prog="sam2pal serve")
+        return EXIT_OK
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return _dispatch(args)
     except SamPalError as exc:

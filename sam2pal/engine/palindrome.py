@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from sam2pal.engine.frames import Encoder, Frame, Flat
+from sam2pal.engine.losses import dice_loss
 from sam2pal.engine.tracking import (
     TrackOutput,
     condition_on_mask,
@@ -62,14 +63,6 @@ def training_mode(sam: torch.nn.Module) -> None:
     for module in sam.modules():
         if isinstance(module, torch.nn.Dropout) or hasattr(module, "dropout_p"):
             module.eval()
-
-
-def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-object soft Dice loss, (N,)."""
-    prob = torch.sigmoid(logits).flatten(1)
-    target = target.flatten(1)
-    intersection = (prob * target).sum(1)
-    return 1 - (2 * intersection + 1) / (prob.sum(1) + target.sum(1) + 1)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 
 from sam2pal.engine.frames import Encoder, FeatureCache
 from sam2pal.engine.propagate import full_resolution
+from sam2pal.engine.tracking import prompt
 from sam2pal.errors import SamPalError
 from sam2pal.model.build import LoadedModel
 
@@ -49,9 +50,6 @@ class PointPrompter:
         flat = self.encoder.flatten(frame)
         coords = torch.tensor([[(x * side / width, y * side / height) for x, y, _ in points]], dtype=torch.float32)
         labels = torch.tensor([[label for _, _, label in points]], dtype=torch.int32)
-        prompt = {"point_coords": coords.to(self.loaded.device), "point_labels": labels.to(self.loaded.device)}
         with self.loaded.autocast():
-            _, outputs, _, _ = self.loaded.sam._track_step(
-                0, True, flat.feats, flat.pos, flat.sizes, prompt, None, {}, 1, False, None
-            )
-        return full_resolution(outputs[3], height, width)[0]
+            output = prompt(self.loaded.sam, flat, coords.to(self.loaded.device), labels.to(self.loaded.device))
+        return full_resolution(output.best_low_res, height, width)[0]

@@ -88,6 +88,15 @@ def repeat_memory(memory: Memory, times: int) -> Memory:
     }
 
 
+def select_rows(memory: Memory, rows: torch.Tensor) -> Memory:
+    """The memory of some of its objects only (rows in its batch)."""
+    return {
+        "maskmem_features": memory["maskmem_features"].index_select(0, rows),
+        "maskmem_pos_enc": [p.index_select(0, rows) for p in memory["maskmem_pos_enc"]],
+        "obj_ptr": memory["obj_ptr"].index_select(0, rows),
+    }
+
+
 @contextmanager
 def first_self_attention_per_image(sam: torch.nn.Module, rows_per_image: int) -> Iterator[None]:
     """Memory attention's first layer attends over the image alone (memories enter at its
@@ -113,6 +122,23 @@ def first_self_attention_per_image(sam: torch.nn.Module, rows_per_image: int) ->
         yield
     finally:
         del layer._forward_sa
+
+
+@dataclass
+class PromptOutput:
+    multimask_logits: torch.Tensor  # (N, M, S, S): M = 3 candidates for one click, else 1
+    ious: torch.Tensor  # (N, M) the decoder's estimate for each candidate
+    best_low_res: torch.Tensor  # (N, 1, S/4, S/4) the candidate with the best estimate
+    object_score_logits: torch.Tensor  # (N, 1)
+
+
+def prompt(sam: torch.nn.Module, frame: Flat, coords: torch.Tensor, labels: torch.Tensor) -> PromptOutput:
+    """Segment from clicks alone, as on the first clicked frame of a video: no memory.
+
+    `coords` (N, P, 2) in model-input pixels (x, y), `labels` (N, P): 1 inside, 0 outside."""
+    points = {"point_coords": coords, "point_labels": labels}
+    _, outputs, _, _ = sam._track_step(0, True, frame.feats, frame.pos, frame.sizes, points, None, {}, 1, False, None)
+    return PromptOutput(outputs[1], outputs[2], outputs[3], outputs[6])
 
 
 def track(sam: torch.nn.Module, frame: Flat, memories: list[Memory]) -> TrackOutput:

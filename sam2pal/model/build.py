@@ -47,10 +47,15 @@ class LoadedModel:
     checkpoint_sha256: str | None
     fingerprint: str
     adapter_dir: Path | None = None  # set once an adapter is trained into or loaded onto `sam`
+    trained_on: str | None = None  # e.g. "trained on synthetic specimens only"; None: Meta's weights
+    mixed_precision: torch.dtype | None = None  # None: bf16 on CUDA; set to run CUDA's dtypes elsewhere
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """bf16 on CUDA, full precision elsewhere (CPU bf16 is slower and less exact)."""
+        """bf16 on CUDA, full precision elsewhere (CPU bf16 is slower and less exact); tests set
+        `mixed_precision` to run the CUDA path's dtypes on a CPU."""
+        if self.mixed_precision is not None:
+            return self.mixed_precision
         return torch.bfloat16 if self.device.type == "cuda" else None
 
     def autocast(self) -> torch.autocast:
@@ -213,10 +218,27 @@ def build_model(variant: str, image_size: int, state_dict: dict[str, torch.Tenso
     return sam
 
 
-def load_model(model: str = DEFAULT_MODEL, image_size: int = 1024, device: str = "auto") -> LoadedModel:
-    """Resolve `model` (size name, Hub repo id, checkpoint path or `random:SIZE`) and build it."""
-    check_image_size(image_size)
+def _load_synthetic(model: str, image_size: int | None, device: torch.device) -> LoadedModel:
+    from sam2pal.model import synthetic
+
+    checkpoint = synthetic.resolve(model)
+    sam, metadata = synthetic.load_checkpoint(checkpoint, image_size)
+    sam = sam.to(device)
+    return LoadedModel(sam=sam, name=model, variant=synthetic.VARIANT, image_size=sam.image_size, device=device,
+                       untrained=False, checkpoint_sha256=file_sha256(checkpoint), fingerprint=fingerprint(sam),
+                       trained_on=metadata.get("trained_on", synthetic.TRAINED_ON))
+
+
+def load_model(model: str = DEFAULT_MODEL, image_size: int | None = None, device: str = "auto") -> LoadedModel:
+    """Resolve `model` (size name, Hub repo id, checkpoint path, `random:SIZE` or
+    `synthetic:NAME`) and build it at `image_size` (default: 1024, or the size a synthetic model
+    was trained at)."""
+    if image_size is not None:
+        check_image_size(image_size)
     torch_device = pick_device(device)
+    if model == "synthetic" or model.startswith("synthetic:"):
+        return _load_synthetic(model, image_size, torch_device)
+    image_size = image_size or 1024
     checkpoint: Path | None = None
     untrained = False
     if model.startswith("random:"):
@@ -245,7 +267,7 @@ def load_model(model: str = DEFAULT_MODEL, image_size: int = 1024, device: str =
         raise SamPalError(
             f"--model {model} is neither a file nor a known model; use tiny, small, base-plus, large, "
             "sam2-tiny…, a Hugging Face repo id (OWNER/NAME or OWNER/NAME:FILE.pt), a checkpoint path "
-            "or random:tiny"
+            "random:tiny or synthetic:256"
         )
     sam = build_model(variant, image_size, state_dict).to(torch_device)
     return LoadedModel(
@@ -273,5 +295,8 @@ def compile_model(loaded: LoadedModel) -> None:
 
 def describe(loaded: LoadedModel) -> str:
     """One line for the console and logs; random weights are never mistaken for a real model."""
-    label = "UNTRAINED random weights, for tests and benchmarks only" if loaded.untrained else "pretrained"
+    if loaded.untrained:
+        label = "UNTRAINED random weights, for tests and benchmarks only"
+    else:
+        label = loaded.trained_on or "pretrained"
     return f"{loaded.variant} ({loaded.name}, {label}) at {loaded.image_size}px on {loaded.device}"

@@ -1,0 +1,83 @@
+"""Mask losses shared by palindrome, supervised and pretraining steps: all per object row.
+
+Rows are independent objects, so every loss here is a sum of per-row terms and a subset of rows
+backpropagated on its own adds up to the same gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-row soft Dice loss, (N,)."""
+    prob = torch.sigmoid(logits).flatten(1)
+    target = target.flatten(1)
+    intersection = (prob * target).sum(1)
+    return 1 - (2 * intersection + 1) / (prob.sum(1) + target.sum(1) + 1)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Per-row mean sigmoid focal loss (RetinaNet's), (N,): easy background pixels count little."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    prob = torch.sigmoid(logits)
+    p_t = prob * target + (1 - prob) * (1 - target)
+    weight = (alpha * target + (1 - alpha) * (1 - target)) * (1 - p_t) ** gamma
+    return (weight * bce).flatten(1).mean(1)
+
+
+def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-row IoU of the thresholded mask, (N,), no gradient; empty vs empty is 1."""
+    pred = (logits.detach() > 0).flatten(1)
+    truth = target.flatten(1) > 0.5
+    inter = (pred & truth).sum(1).float()
+    union = (pred | truth).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+@dataclass
+class LossWeights:
+    """Meta's SAM2 fine-tuning weights by default: focal 20, Dice 1, IoU head 1, object score 1.
+
+    From random weights, plain BCE + Dice learns much faster (focal's small weight on positives
+    keeps early masks empty), so pretraining uses `LossWeights.from_scratch()`."""
+
+    focal: float = 20.0
+    dice: float = 1.0
+    iou: float = 1.0
+    score: float = 1.0
+    bce: float = 0.0
+
+    @classmethod
+    def from_scratch(cls) -> "LossWeights":
+        return cls(focal=0.0, dice=1.0, iou=1.0, score=1.0, bce=1.0)
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor, weights: LossWeights) -> torch.Tensor:
+    """Per-row focal + Dice + BCE, as weighted, (N,)."""
+    loss = weights.dice * dice_loss(logits, target)
+    if weights.focal:
+        loss = loss + weights.focal * focal_loss(logits, target)
+    if weights.bce:
+        loss = loss + weights.bce * F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    return loss
+
+
+def supervised_loss(logits: torch.Tensor, iou_pred: torch.Tensor, score_logits: torch.Tensor, target: torch.Tensor,
+                    weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of predictions against ground truth, summed over rows, and each row's mask loss.
+
+    `logits` (N, 1, S, S), `iou_pred` (N,), `score_logits` (N, 1), `target` (N, 1, S, S) in {0, 1}.
+    A row whose target is empty is an absent structure: its mask is pushed to empty and its
+    object score to "absent"; the IoU head is trained on present rows only.
+    """
+    logits = logits.float()
+    mask = mask_loss(logits, target, weights)
+    present = (target.flatten(1).amax(1) > 0).float()
+    iou_term = (iou_pred.float() - hard_iou(logits, target)) ** 2 * present
+    score = F.binary_cross_entropy_with_logits(score_logits.float()[:, 0], present, reduction="none")
+    total = (mask + weights.iou * iou_term + weights.score * score).sum()
+    return total, mask.detach()
