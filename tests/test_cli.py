@@ -117,8 +117,6 @@ def _write(collection, data) -> str:
 
 BAD_INPUTS = {
     "missing template image": (lambda c: (c / "template_1.png").unlink() or str(c / "templates.json"), "template_1.png"),
-    "category without annotation": (
-        lambda c: _write(c, {**_coco(c), "categories": _coco(c)["categories"] + [{"id": 9, "name": "scape"}]}), "scape"),
     "empty mask": (lambda c: _write(c, {**_coco(c), "annotations": [
         {**a, "segmentation": {"size": [120, 160], "counts": [19200]}} if a["id"] == 1 else a
         for a in _coco(c)["annotations"]]}), "empty"),
@@ -135,6 +133,17 @@ def test_bad_template_input_is_one_line_naming_the_problem(case, collection, tmp
     assert code == 2
     line = _error_line(capsys)
     assert line.startswith("error: ") and fragment in line
+
+
+def test_a_category_nobody_annotated_is_a_warning_and_the_run_goes_on(collection, tmp_path, capsys):
+    templates = _write(collection, {**_coco(collection),
+                                    "categories": _coco(collection)["categories"] + [{"id": 9, "name": "scape"}]})
+    code = main(["predict", "--templates", templates, "--images", str(collection / "specimens"),
+                 "--out", str(tmp_path / "out"), *TINY])
+    assert code == 0
+    assert "category 'scape' (id 9) has no annotation on any template: skipped" in capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["structures"] == ["head", "wing", "eye"]
 
 
 def test_image_folder_without_images(collection, tmp_path, capsys):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
+from sam2pal.api import merge_templates
 from sam2pal.errors import SamPalError
 from sam2pal.io.masks import encode_rle
 from sam2pal.io.templates import (
@@ -173,12 +174,11 @@ def test_category_without_annotation(tmp_path: Path) -> None:
         [{"id": 1, "name": "eye"}, {"id": 2, "name": "wing"}],
     )
 
-    with pytest.raises(
-        SamPalError,
-        match=r"t\.json: category 'wing' \(id 2\) has no annotation; annotate it .* or delete "
-        r"the category",
-    ):
-        load_coco_templates(_write_json(tmp_path / "t.json", data))
+    templates = load_coco_templates(_write_json(tmp_path / "t.json", data))  # CVAT keeps unused labels
+    assert templates.structures == ["eye"]
+    assert any("category 'wing' (id 2) has no annotation on any template: skipped" in w for w in templates.warnings)
+    merged = merge_templates(templates, templates)  # the warnings survive merging template files
+    assert [w for w in merged.warnings if "'wing'" in w]
 
 
 def test_empty_annotation_mask(tmp_path: Path) -> None:
@@ -581,12 +581,10 @@ def test_category_whose_annotations_are_all_unusable(tmp_path: Path) -> None:
         [{"id": 1, "name": "eye"}, {"id": 2, "name": "leg"}],
     )
 
-    with pytest.raises(
-        SamPalError,
-        match=r"category 'leg' \(id 2\) has no usable annotation \(1 without a mask "
-        r"or polygon\); annotate it on at least one template image, mark it absent",
-    ):
-        load_coco_templates(_write_json(tmp_path / "t.json", data))
+    templates = load_coco_templates(_write_json(tmp_path / "t.json", data))
+    assert templates.structures == ["eye"]
+    assert any("category 'leg' (id 2) has no usable annotation (1 without a mask or polygon) on any template: "
+               "skipped" in w for w in templates.warnings)
 
 
 def test_category_ids_must_not_clash_but_names_may_repeat(tmp_path: Path) -> None:

@@ -146,7 +146,8 @@ def test_single_template_keeps_the_last_epoch_and_says_so(tiny, collection, tmp_
     result = finetune(tiny, templates, collection / "specimens", tmp_path / "a", TrainConfig(epochs=2, steps_per_epoch=1))
     validation = json.loads((tmp_path / "a" / "validation.json").read_text())
     assert not result.validated and result.best_epoch == 2
-    assert "one template" in validation["note"]
+    assert "one template" in validation["note"] and "nothing to validate on" in validation["note"]
+    assert validation["held_out"] == [] and len(validation["trained_on"]) == 1
 
 
 def test_resume_continues_steps_and_epochs(collection, tmp_path):
@@ -159,6 +160,23 @@ def test_resume_continues_steps_and_epochs(collection, tmp_path):
     log = _log(out)
     assert [e["step"] for e in log if "step" in e] == [1, 2, 3, 4]
     assert [e["epoch"] for e in log if "step" not in e] == [0, 1, 2]
+
+
+def test_a_cancelled_epoch_is_not_saved_as_done_and_resume_redoes_it(collection, tmp_path):
+    templates = load_templates(collection / "templates.json")
+    out = tmp_path / "a"
+    steps = []
+    progress = lambda event: event["type"] == "step" and steps.append(event["step"])  # noqa: E731
+    trainer = Trainer(load_model("random:tiny", IMAGE_SIZE, "cpu"), templates, list_images(collection / "specimens"),
+                      out, TrainConfig(epochs=2), progress=progress, should_stop=lambda: len(steps) >= 4)
+    trainer.run()  # 3 steps an epoch: cancelled one step into epoch 2
+    assert [e["epoch"] for e in json.loads((out / "validation.json").read_text())["epochs"]] == [0, 1]
+    assert torch.load(out / "trainer_state.pt", weights_only=True)["epoch"] == 1
+    finetune(load_model("random:tiny", IMAGE_SIZE, "cpu"), templates, collection / "specimens", out,
+             TrainConfig(epochs=2), resume=out)
+    log = _log(out)
+    assert [e["epoch"] for e in log if "step" not in e] == [0, 1, 2]
+    assert [e["step"] for e in log if "step" in e][-3:] == [4, 5, 6]  # all of epoch 2, its first step again
 
 
 def test_loss_goes_down_on_a_fixed_pair(tmp_path):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
 from sam2pal.engine.orientation import SEARCHES, orient, restore
 from sam2pal.engine.qc import QCConfig, StructureQC, TemplateTruth, assess, round_trip_iou
-from sam2pal.engine.tracking import Memory, TrackOutput, condition_on_mask, repeat_memory, track
+from sam2pal.engine.tracking import Memory, TrackOutput, condition_on_mask, repeat_memory, select_rows, track
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import load_image
 from sam2pal.io.templates import TemplateSet
@@ -72,6 +72,36 @@ def segment(encoder: Encoder, frame: Frame, memories: list[Memory], count: int) 
         return track(encoder.loaded.sam, flat, [repeat_memory(m, frame.batch) for m in memories])
 
 
+Groups = list[tuple[list[int], list[int]]]  # (structure rows, indices into the memories), TemplateSet.memory_groups
+
+
+def segment_groups(encoder: Encoder, frame: Frame, memories: list[Memory], groups: Groups, count: int) -> TrackOutput:
+    """`segment`, where each group of structures sees only the memories of the templates that
+    annotate it; rows stay image-major over all `count` structures. A structure in no group
+    comes out absent (no memory can say where it is)."""
+    if len(groups) == 1 and groups[0][0] == list(range(count)):
+        return segment(encoder, frame, [memories[i] for i in groups[0][1]], count)
+    parts = []
+    for rows, sources in groups:
+        index = torch.tensor(rows, device=encoder.loaded.device)
+        chosen = [select_rows(memories[i], index) for i in sources]
+        parts.append((rows, segment(encoder, frame, chosen, len(rows))))
+    return _merge(parts, frame.batch, count)
+
+
+def _merge(parts: list[tuple[list[int], TrackOutput]], batch: int, count: int) -> TrackOutput:
+    fields = {}
+    for name, fill in (("low_res_logits", -1024.0), ("high_res_logits", -1024.0), ("obj_ptr", 0.0),
+                       ("object_score_logits", -10.0), ("iou", 0.0)):
+        sample = getattr(parts[0][1], name)
+        merged = torch.full((batch, count, *sample.shape[1:]), fill, dtype=sample.dtype, device=sample.device)
+        for rows, output in parts:
+            value = getattr(output, name)
+            merged[:, rows] = value.reshape(batch, len(rows), *value.shape[1:])
+        fields[name] = merged.reshape(batch * count, *sample.shape[1:])
+    return TrackOutput(**fields)
+
+
 def full_resolution(low_res_logits: torch.Tensor, height: int, width: int) -> np.ndarray:
     """(K, 1, h, w) logits -> bool (K, H, W), one structure at a time to bound memory on huge images."""
     masks = np.zeros((low_res_logits.shape[0], height, width), dtype=bool)
@@ -108,6 +138,7 @@ class Propagator:
         loaded.sam.eval()
         indices = list(range(len(template_set.templates)))
         cache = FeatureCache()
+        self.groups = template_set.memory_groups(indices)
         with torch.no_grad():
             self.memories = template_memories(self.encoder, template_set, indices, cache)
             self.truths = [self._truth(template_set, i, cache) for i in indices] if qc is not None else []
@@ -121,7 +152,8 @@ class Propagator:
     @torch.no_grad()
     def logits(self, images: list[np.ndarray]) -> TrackOutput:
         """Low-resolution outputs for a batch, (B·K) rows; the correctness anchor compares these."""
-        return segment(self.encoder, self.encoder.encode_images(images), self.memories, len(self.structures))
+        frame = self.encoder.encode_images(images)
+        return segment_groups(self.encoder, frame, self.memories, self.groups, len(self.structures))
 
     @torch.no_grad()
     def predict(self, images: list[np.ndarray]) -> list[Prediction]:
@@ -129,7 +161,7 @@ class Propagator:
         count = len(self.structures)
         turned = [orient(image, name) for image in images for name in self.orientations]
         frame = self.encoder.encode_images(turned)
-        output = segment(self.encoder, frame, self.memories, count)
+        output = segment_groups(self.encoder, frame, self.memories, self.groups, count)
         qc = None
         if self.qc is not None:
             trip = round_trip_iou(self.encoder, frame, output, self.truths, count)

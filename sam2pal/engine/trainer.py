@@ -1,9 +1,10 @@
 """Palindrome fine-tuning: sampling, optimisation, validation that decides, adapters on disk.
 
-Validation, not training loss, picks the adapter kept: with two or more templates each epoch
-predicts every template from the others (leave-one-template-out); epoch 0 is the zero-shot
-baseline, so an adapter is only kept if it beats doing nothing (at worst, the saved adapter is
-the untouched starting point).
+Validation, not training loss, picks the adapter kept, and it is held out: with two or more
+templates about one in five (at least one) is set aside before training starts. Those templates
+are never a palindrome's x0 or loss target; each epoch predicts them from the training
+templates' memory. Epoch 0 is the zero-shot baseline, so an adapter is only kept if it beats
+doing nothing on data it never trained on (at worst, the saved adapter is the untouched model).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import torch
 from sam2pal.engine.allocator import freed_memory_returned
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
 from sam2pal.engine.palindrome import CYCLE_MEMORIES, AugmentConfig, augment, palindrome_step, training_mode
-from sam2pal.engine.propagate import full_resolution, segment, template_frame, template_memories
+from sam2pal.engine.propagate import full_resolution, segment_groups, template_frame, template_memories
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import DEFAULT_MAX_PIXELS, load_image
-from sam2pal.io.outputs import atomic_write_json
+from sam2pal.io.files import atomic_write_json
 from sam2pal.io.templates import TemplateSet
 from sam2pal.metrics import iou
 from sam2pal.model.adapters import AdapterConfig, check_base, prepare, read_adapter_config, save_adapter
-from sam2pal.model.build import LoadedModel
+from sam2pal.model.build import LoadedModel, describe
 
 LOG_NAME = "train_log.jsonl"
 STATE_NAME = "trainer_state.pt"
@@ -58,8 +59,14 @@ class TrainConfig:
     structures_per_pass: int | None = None  # default: all on CUDA, a ~1 GB activation budget elsewhere
     low_memory: bool = False  # one structure per pass everywhere, freed memory returned at once
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger specimens are skipped with a warning
+    folds: int = 5  # templates split into this many folds (at most one per template)...
+    fold: int = 0  # ...and this one is held out for validation
 
     def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise SamPalError(f"--folds {self.folds} must be at least 2 (one fold is held out)")
+        if not 0 <= self.fold < self.folds:
+            raise SamPalError(f"--fold {self.fold} must be between 0 and --folds - 1 ({self.folds - 1})")
         if self.epochs < 1:
             raise SamPalError(f"--epochs {self.epochs} must be at least 1")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
@@ -73,6 +80,17 @@ class TrainConfig:
         if self.structures_per_pass is not None and self.structures_per_pass < 1:
             raise SamPalError(f"--structures-per-pass {self.structures_per_pass} must be at least 1")
 
+
+
+def split_templates(count: int, folds: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) template indices: a seeded shuffle dealt into `folds` folds (fewer
+    when there are fewer templates), fold `fold` held out. One template: nothing held out."""
+    if count < 2:
+        return list(range(count)), []
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+    folds = min(folds, count)
+    held = sorted(order[fold % folds :: folds])
+    return [i for i in range(count) if i not in held], held
 
 
 @dataclass
@@ -113,6 +131,8 @@ class Trainer:
         self.progress = progress or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.encoder = Encoder(loaded)
+        self.train_templates, self.held_out = split_templates(len(template_set.templates), config.folds,
+                                                              config.fold, config.seed)
         self.adapter = self._adapter_config(resume)
         self.params = prepare(loaded, self.adapter)
         # a trained encoder changes features every step: nothing can be cached then
@@ -165,9 +185,13 @@ class Trainer:
         if not state_path.is_file():
             raise SamPalError(f"--resume {resume} has no {STATE_NAME}; only folders written by `sam2pal train` resume")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+        trainable = [name for name, p in self.loaded.sam.named_parameters() if p.requires_grad]
+        missing = [name for name in trainable if name not in state["weights"]]
         result = self.loaded.sam.load_state_dict(state["weights"], strict=False)
-        if result.unexpected_keys:
-            raise SamPalError(f"{state_path} does not fit this model (e.g. {result.unexpected_keys[0]}); start a new adapter")
+        if result.unexpected_keys or missing:
+            example = (result.unexpected_keys + missing)[0]
+            raise SamPalError(f"{state_path} does not fit this model ({len(result.unexpected_keys)} unexpected, "
+                              f"{len(missing)} missing trainable tensors, e.g. {example}); start a new adapter")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
@@ -203,26 +227,31 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Leave-one-template-out IoU per structure (structures absent from a held-out template
-        are not scored on it)."""
+        """IoU per structure on the held-out templates, predicted from the training templates'
+        memory. A structure marked absent on a held-out template is scored against an empty
+        mask; one not annotated there is not scored on it."""
         self.loaded.sam.eval()
-        scores: dict[str, list[float]] = {name: [] for name in self.templates.structures}
-        count = len(self.templates.structures)
+        structures = self.templates.structures
+        scores: dict[str, list[float]] = {name: [] for name in structures}
         cache = None if self.adapter.trains_encoder else self.cache
-        for held_out, template in enumerate(self.templates.templates):
-            others = [i for i in range(len(self.templates.templates)) if i != held_out]
-            memories = template_memories(self.encoder, self.templates, others, cache)
+        memories = template_memories(self.encoder, self.templates, self.train_templates, cache)
+        position = {index: i for i, index in enumerate(self.train_templates)}
+        groups = [(rows, [position[t] for t in sources])
+                  for rows, sources in self.templates.memory_groups(self.train_templates)]
+        for held_out in self.held_out:
+            template = self.templates.templates[held_out]
             frame = template_frame(self.encoder, self.templates, held_out, cache)
-            output = segment(self.encoder, frame, memories, count)
+            output = segment_groups(self.encoder, frame, memories, groups, len(structures))
             height, width = template.image.shape[:2]
             predicted = full_resolution(output.low_res_logits, height, width)
-            for k, name in enumerate(self.templates.structures):
-                if name in template.masks:
-                    scores[name].append(iou(predicted[k], template.masks[name]))
+            truth = self.templates.mask_stack(held_out)
+            for k, (name, annotated) in enumerate(zip(structures, self.templates.annotated(held_out))):
+                if annotated:
+                    scores[name].append(iou(predicted[k], truth[k]))
         return {name: float(np.mean(values)) for name, values in scores.items() if values}
 
     def _record_epoch(self, seconds: float) -> None:
-        validated = len(self.templates.templates) >= 2
+        validated = bool(self.held_out)
         per_structure = self.validate() if validated else {}
         mean = float(np.mean(list(per_structure.values()))) if per_structure else None
         entry = {"epoch": self.epoch, "validation_iou": per_structure, "mean_iou": mean, "seconds": round(seconds, 3)}
@@ -234,11 +263,16 @@ class Trainer:
         entry["kept"] = improved
         self.history.append(entry)
         self._log(entry)
+        names = [t.name for t in self.templates.templates]
         atomic_write_json(
             self.out_dir / VALIDATION_NAME,
             {
+                "model": describe(self.loaded),
                 "validated": validated,
                 "note": None if validated else "one template: nothing to validate on, the last epoch is kept",
+                "held_out": [names[i] for i in self.held_out],
+                "trained_on": [names[i] for i in self.train_templates],
+                "split": {"folds": self.config.folds, "fold": self.config.fold, "seed": self.config.seed},
                 "best_epoch": self.best_epoch,
                 "zero_shot_mean_iou": self.history[0]["mean_iou"],
                 "epochs": self.history,
@@ -268,14 +302,20 @@ class Trainer:
     # --- training ----------------------------------------------------------------------------
 
     def _train_step(self, specimen: Path) -> dict | None:
-        index = int(torch.randint(len(self.templates.templates), (1,), generator=self.generator))
+        """One palindrome on a training template: only the structures it annotates (a mask, or
+        marked absent, which trains "absent") are rows; the others add no loss and no memory."""
+        pick = int(torch.randint(len(self.train_templates), (1,), generator=self.generator))
+        index = self.train_templates[pick]
         x1 = self._specimen_frame(specimen)
         if x1 is None:
             return None
         if self.config.augment:
             x1 = augment(x1, AugmentConfig(), self.generator)
         x0 = self._template_frame(index)
-        y0 = resize_masks(self.templates.mask_stack(index), self.loaded.image_size).to(self.loaded.device)
+        annotated = self.templates.annotated(index)
+        names = [name for name, used in zip(self.templates.structures, annotated) if used]
+        masks = self.templates.mask_stack(index)[np.asarray(annotated)]
+        y0 = resize_masks(masks, self.loaded.image_size).to(self.loaded.device)
         training_mode(self.loaded.sam)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
@@ -293,7 +333,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "loss": round(loss, 6),
-            "per_structure": {n: round(v, 6) for n, v in zip(self.templates.structures, per_structure)},
+            "per_structure": {n: round(v, 6) for n, v in zip(names, per_structure)},
             "lr": self.scheduler.get_last_lr()[0],
             "seconds": round(time.perf_counter() - start, 4),
             "template": self.templates.templates[index].name,
@@ -344,13 +384,15 @@ class Trainer:
             self.epoch += 1
             start = time.perf_counter()
             for specimen in self._epoch_specimens():
-                if self.should_stop():
+                if self.should_stop():  # a half-done epoch is neither validated nor saved: resume redoes it
+                    self.epoch -= 1
                     break
                 entry = self._train_step(specimen)
                 if entry is not None:
                     self._log(entry)
                     self.progress({"type": "step", "total_steps": self.config.epochs * self.steps_per_epoch, **entry})
-            self._record_epoch(time.perf_counter() - start)
-            self._save_state()
+            else:
+                self._record_epoch(time.perf_counter() - start)
+                self._save_state()
         self.loaded.sam.eval()
-        return TrainResult(self.out_dir, self.best_epoch, self.history, len(self.templates.templates) >= 2)
+        return TrainResult(self.out_dir, self.best_epoch, self.history, bool(self.held_out))

@@ -37,7 +37,7 @@ from sam2pal.io.images import (
     scan_images,
 )
 from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
-from sam2pal.io.outputs import atomic_write_json
+from sam2pal.io.files import atomic_write_json
 
 
 @dataclass
@@ -64,10 +64,28 @@ class TemplateSet:
     warnings: list[str] = field(default_factory=list)
 
     def mask_stack(self, index: int) -> np.ndarray:
-        """Bool (K, H, W) in structures order; all-False where a structure is not annotated."""
+        """Bool (K, H, W) in structures order; all-False where a structure is absent, and also
+        where it is not annotated: `annotated` tells the two apart, and rows that are not
+        annotated must not be used (no loss, no memory)."""
         template = self.templates[index]
         blank = np.zeros(template.image.shape[:2], dtype=bool)
         return np.stack([template.masks.get(name, blank) for name in self.structures])
+
+    def annotated(self, index: int) -> list[bool]:
+        """Per structure: does template `index` say anything about it (a mask, or 'absent')?"""
+        template = self.templates[index]
+        return [name in template.masks or name in template.absent for name in self.structures]
+
+    def memory_groups(self, indices: list[int]) -> list[tuple[list[int], list[int]]]:
+        """Structures that share the same annotating templates among `indices`, as
+        (structure rows, template indices) pairs: a structure's memory holds only the templates
+        that annotate it. Structures no template annotates are left out."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for k in range(len(self.structures)):
+            sources = tuple(i for i in indices if self.annotated(i)[k])
+            if sources:
+                groups.setdefault(sources, []).append(k)
+        return [(rows, list(sources)) for sources, rows in groups.items()]
 
     def fingerprint(self) -> str:
         """SHA-256 of what propagation depends on: structures, template pixels and masks, absent
@@ -221,23 +239,20 @@ def _load_coco_template(
     )
 
 
-def _check_structures(coco: CocoFile, templates: list[CocoImage]) -> None:
-    """Every structure needs an example: an annotation, or 'absent' on every template."""
+def _usable_structures(coco: CocoFile, templates: list[CocoImage], warnings: list[str]) -> list[str]:
+    """Categories with an example (an annotation, or 'absent' on every template). Others are
+    skipped with a warning: exports carry helper categories and labels nobody used."""
     annotated = {annotation.structure for image in templates for annotation in image.annotations}
+    usable = []
     for name in coco.structures:
         if name in annotated or all(name in image.absent for image in templates):
+            usable.append(name)
             continue
         skipped = coco.skipped[name]
-        why = (
-            f"no usable annotation ({skipped} without a mask or polygon)"
-            if skipped
-            else "no annotation"
-        )
-        raise SamPalError(
-            f"{coco.path}: category '{name}' (id {coco.category_ids[name][0]}) has {why}; annotate "
-            "it on at least one template image, mark it absent on every template "
-            "(structure_status) or delete the category"
-        )
+        why = f"no usable annotation ({skipped} without a mask or polygon)" if skipped else "no annotation"
+        warnings.append(f"{coco.path}: category '{name}' (id {coco.category_ids[name][0]}) has {why} on any "
+                        "template: skipped")
+    return usable
 
 
 def load_coco_templates(
@@ -261,13 +276,13 @@ def load_coco_templates(
             f"{json_path}: no image has a usable annotation; draw at least one structure as a "
             "polygon or mask"
         )
-    _check_structures(coco, images)
     warnings = list(coco.warnings)
+    structures = _usable_structures(coco, images, warnings)
     finder = _ImageFinder(json_path, image_dir)
     templates = [
         _load_coco_template(json_path, image, finder, max_pixels, warnings) for image in images
     ]
-    return TemplateSet(structures=list(coco.structures), templates=templates, warnings=warnings)
+    return TemplateSet(structures=structures, templates=templates, warnings=warnings)
 
 
 def _mask_pixels(image: Image.Image) -> np.ndarray:
