@@ -23,7 +23,7 @@ from sam2pal.io.images import DEFAULT_MAX_PIXELS, list_images, scan_images
 from sam2pal.io.outputs import OutputOptions, PredictionWriter
 from sam2pal.io.templates import TemplateSet, load_templates
 from sam2pal.model.adapters import WEIGHTS_NAME, load_adapter, load_weights, read_adapter_config
-from sam2pal.model.build import LoadedModel, file_sha256, load_model
+from sam2pal.model.build import LoadedModel, describe, file_sha256, load_model
 
 __all__ = ["load_model", "load_templates", "load_adapter", "finetune", "predict", "TrainConfig"]
 
@@ -34,7 +34,7 @@ def merge_templates(first: TemplateSet, second: TemplateSet) -> TemplateSet:
     structures = list(first.structures) + [s for s in second.structures if s not in first.structures]
     names = {t.name for t in first.templates}
     extra = [t for t in second.templates if t.name not in names]
-    return TemplateSet(structures, list(first.templates) + extra)
+    return TemplateSet(structures, list(first.templates) + extra, first.warnings + second.warnings)
 
 
 def _paths(images: str | Path | list[Path]) -> list[Path]:
@@ -76,6 +76,8 @@ def provenance(model: LoadedModel, templates: TemplateSet, **params) -> dict:
         "model": model.name,
         "model_variant": model.variant,
         "untrained_model": model.untrained,
+        "model_description": describe(model),
+        "trained_on": "untrained random weights" if model.untrained else model.trained_on,
         "checkpoint_sha256": model.checkpoint_sha256,
         "model_fingerprint": model.fingerprint,
         "adapter": adapter,
@@ -96,7 +98,7 @@ def _result_identity(info: dict) -> dict:
     identity = {
         key: value
         for key, value in info.items()
-        if key not in ("description", "version", "year", "parameters")
+        if key not in ("description", "version", "year", "parameters", "model_description")
     }
     if identity["adapter"] is not None:
         identity["adapter"] = {key: value for key, value in identity["adapter"].items() if key != "path"}

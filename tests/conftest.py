@@ -1,11 +1,13 @@
-"""Shared fixtures: a synthetic specimen collection and an untrained tiny SAM2 at 256 px.
+"""Shared fixtures: a synthetic specimen collection, an untrained tiny SAM2 at 256 px, and the
+small SAM2 trained here on synthetic specimens.
 
-No pretrained weights exist on CI machines; `random:tiny` is deterministic, so results are
-reproducible, but it is untrained, so tests check plumbing and numbers, not segmentation quality.
+No pretrained weights exist on CI machines. `random:tiny` is deterministic but untrained: tests
+on it check plumbing and numbers. Tests of segmentation quality use `synthetic`.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from sam2pal.model.build import load_model
 from sam2pal.synthetic import write_collection
 
 IMAGE_SIZE = 256
+DEVICE = os.environ.get("SAM2PAL_TEST_DEVICE", "cpu")  # bench/gpu_check.sh runs engine tests on cuda
 
 torch.set_num_threads(2)
 
@@ -38,7 +41,14 @@ def collection(collection_master: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def tiny():
     """A fresh untrained SAM2.1-tiny at 256 px on the CPU (fresh: adapters modify it)."""
-    return load_model("random:tiny", IMAGE_SIZE, "cpu")
+    return load_model("random:tiny", IMAGE_SIZE, DEVICE)
+
+
+@pytest.fixture(scope="session")
+def synthetic():
+    """The committed small SAM2 trained on synthetic specimens (tests/fixtures), at its 256 px.
+    Shared: tests that fine-tune must load their own."""
+    return load_model("synthetic:256", None, "cpu")
 
 
 @pytest.fixture(scope="session")
@@ -49,19 +59,35 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def app_server(tmp_path):
-    """The web app on 127.0.0.1 (random:tiny, 256 px, local worker backend), stopped afterwards."""
+def _serve(folder: Path, model: str):
     from backends.local import LocalBackend
     from sam2pal.ui.app import AppConfig, build_app, launch_options
     from sam2pal.ui.workspace import Workspaces
 
     backend = LocalBackend()
-    workspaces = Workspaces(tmp_path / "sessions")
-    config = AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu")
+    workspaces = Workspaces(folder / "sessions")
+    config = AppConfig(model=model, image_size=IMAGE_SIZE, device="cpu")
     app = build_app(config, backend, workspaces)
     app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
                        **launch_options(config, workspaces))  # as app.py launches it
+    return app, backend
+
+
+@pytest.fixture
+def app_server(tmp_path):
+    """The web app on 127.0.0.1 (random:tiny, 256 px, local worker backend), stopped afterwards."""
+    app, backend = _serve(tmp_path, "random:tiny")
+    try:
+        yield app
+    finally:
+        app.close()
+        backend.close()
+
+
+@pytest.fixture
+def synthetic_app_server(tmp_path):
+    """The web app with the synthetic model, whose masks are real."""
+    app, backend = _serve(tmp_path, "synthetic:256")
     try:
         yield app
     finally:
