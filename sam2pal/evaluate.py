@@ -27,12 +27,8 @@ from sam2pal.io.coco import (
     structure_masks,
     without_upload_prefix,
 )
-from sam2pal.io.outputs import (
-    atomic_save_image,
-    atomic_write_bytes,
-    atomic_write_json,
-    structure_color,
-)
+from sam2pal.io.files import atomic_save_image, atomic_write_bytes, atomic_write_json
+from sam2pal.io.overlays import structure_color
 from sam2pal.metrics import Summary, boundary_f1, dice, iou, summarize
 
 METRICS = ("iou", "dice", "boundary_f1")

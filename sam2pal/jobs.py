@@ -30,6 +30,57 @@ class JobCancelled(Exception):
 # may set; paths are not among them: the server decides where files go
 SUBMITTABLE_FIELDS = ("image_size", "orientation", "train", "batch_size", "model")
 
+# TrainConfig fields a client may choose, with their bounds. The rest (feature cache size and
+# folder, pixel cap, memory settings) are the server's own limits, never a client's.
+CLIENT_TRAIN_FIELDS: dict[str, tuple] = {
+    "epochs": (int, 1, 100), "steps_per_epoch": (int, 1, 10_000), "mode": ("lora", "decoder", "full"),
+    "lr": (float, 1e-7, 1e-2), "lora_rank": (int, 1, 64), "lora_encoder": (bool,), "seed": (int, 0, 2**31 - 1),
+    "cycle_memory": ("tracked", "mask"), "augment": (bool,), "weight_decay": (float, 0.0, 1.0),
+    "folds": (int, 2, 20), "fold": (int, 0, 19),
+}
+_CLIENT_FIELDS: dict[str, tuple] = {"image_size": (int, 64, 2048), "batch_size": (int, 1, 64),
+                                    "orientation": ("none", "rot4", "rot4flip")}
+
+
+def _check_value(name: str, value: object, rule: tuple) -> None:
+    from sam2pal.errors import SamPalError
+
+    kind = rule[0]
+    if isinstance(kind, str):  # a list of choices
+        if value not in rule:
+            raise SamPalError(f"{name} {value!r}: use one of {', '.join(rule)}")
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SamPalError(f"{name} must be true or false, not {value!r}")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise SamPalError(f"{name} must be a{'n integer' if kind is int else ' number'}, not {value!r}")
+    low, high = rule[1], rule[2]
+    if not low <= value <= high:
+        raise SamPalError(f"{name} {value} is out of bounds: use {low} to {high}")
+
+
+def check_client_request(extra: dict) -> None:
+    """What a remote client (or a browser) asks of a job: known fields within bounds only,
+    refused with a one-line message naming the field. Model choice is checked by the server's
+    own list; paths are never accepted."""
+    from sam2pal.errors import SamPalError
+
+    for name, rule in _CLIENT_FIELDS.items():
+        if name in extra:
+            _check_value(name, extra[name], rule)
+    if "image_size" in extra and extra["image_size"] % 32:
+        raise SamPalError(f"image_size {extra['image_size']} must be a multiple of 32")
+    train = extra.get("train", {})
+    if not isinstance(train, dict):
+        raise SamPalError("train must be an object of fine-tuning settings")
+    for name, value in train.items():
+        if name not in CLIENT_TRAIN_FIELDS:
+            raise SamPalError(f"train.{name} cannot be set by a client; allowed: {', '.join(CLIENT_TRAIN_FIELDS)}")
+        if not (name in ("lr", "steps_per_epoch") and value is None):
+            _check_value(f"train.{name}", value, CLIENT_TRAIN_FIELDS[name])
+
 
 @dataclass
 class JobSpec:
@@ -110,7 +161,8 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     """Run `spec` in this process, reporting through `emit`; return the result files."""
     from sam2pal import api
     from sam2pal.engine.trainer import TrainConfig
-    from sam2pal.io.outputs import ZIP_NAME, OutputOptions
+    from sam2pal.io.outputs import OutputOptions
+    from sam2pal.io.run_report import RunReport
     from sam2pal.model.build import describe
 
     workdir = Path(spec.workdir)
@@ -136,16 +188,17 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
         if should_stop():
             raise JobCancelled()
 
-    # the writer's own zip: a correction in the review (io.outputs.replace_mask) keeps it current
+    # the writer's own zip: a correction in the review (io.corrections.replace_mask) keeps it current
     report = api.predict(model, templates, spec.images, out, spec.adapter, spec.batch_size, progress=predicted,
                          options=OutputOptions(zip=True), orientation=spec.orientation)
     emit({"type": "message", "message": f"{report['n_ok']} segmented, {report['n_failed']} failed"})
+    run = RunReport(out, report)
     return {
-        "predictions": str(out / "predictions.json"),
-        "report": str(out / "report.json"),
+        "predictions": str(run.predictions),
+        "report": str(run.path),
         "overlays": str(out / "overlays"),
         "masks": str(out / "masks"),
-        "results_zip": str(out / ZIP_NAME),
+        "results_zip": str(run.zip),
     }
 
 
@@ -169,7 +222,7 @@ class PointsRunner:
         from sam2pal import api
         from sam2pal.engine.points import PointPrompter
         from sam2pal.io.images import image_size, load_image
-        from sam2pal.io.outputs import atomic_save_image
+        from sam2pal.io.files import atomic_save_image
 
         model_key = (spec.model, spec.image_size, spec.device)
         if model_key != self._model_key:

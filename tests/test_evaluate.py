@@ -11,7 +11,7 @@ from PIL import Image
 from sam2pal.errors import SamPalError
 from sam2pal.evaluate import evaluate, summary_lines, write_evaluation
 from sam2pal.io.masks import encode_rle
-from sam2pal.io.outputs import structure_color
+from sam2pal.io.overlays import structure_color
 from sam2pal.metrics import boundary, boundary_f1, dice, iou, summarize
 
 HEIGHT, WIDTH = 12, 16

@@ -13,18 +13,11 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from sam2pal.errors import SamPalError
-from sam2pal.io.outputs import (
-    STRUCTURE_COLORS,
-    OutputOptions,
-    PredictionWriter,
-    atomic_file,
-    atomic_save_image,
-    atomic_write_bytes,
-    atomic_write_json,
-    overlay,
-    replace_mask,
-    structure_color,
-)
+from sam2pal.io.corrections import replace_mask
+from sam2pal.io.files import atomic_file, atomic_save_image, atomic_write_bytes, atomic_write_json
+from sam2pal.io.outputs import OutputOptions, PredictionWriter
+from sam2pal.io.overlays import STRUCTURE_COLORS, overlay, structure_color
+from sam2pal.io.run_report import RunReport
 
 WIDTH, HEIGHT = 64, 48
 
@@ -214,6 +207,21 @@ def test_report_counts_and_entries(run_folder: tuple[Path, dict, np.ndarray]) ->
         "structures": {},
     }
     assert second["structures"]["eye"] == {"area": 96, "score": None}
+
+
+def test_the_run_report_reads_back_what_the_writer_wrote(run_folder: tuple[Path, dict, np.ndarray]) -> None:
+    out_dir, report, _ = run_folder
+    run = RunReport.read(out_dir)
+    assert run.data == report and run.structures == ["eye", "fore/wing", "leg"] and not run.polygons
+    assert run.mask_files("beetle 1.jpg")["fore/wing"] == out_dir / "masks/beetle 1__fore_wing.png"
+    assert [e["file"] for e in run.segmented()] == ["beetle 1.jpg", "beetle 2.png"]
+    files = run.result_files()
+    assert files[:2] == ["predictions.json", "report.json"] and "overlays/beetle 2.jpg" in files
+    with pytest.raises(SamPalError, match="broken.jpg has no segmentation"):
+        run.entry("broken.jpg")
+    (out_dir / "report.json").write_text("{not json")
+    with pytest.raises(SamPalError, match="report.json is missing or damaged"):
+        RunReport.read(out_dir)
 
 
 def test_output_file_names_never_collide(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from sam2pal.errors import SamPalError
-from sam2pal.io.outputs import atomic_write_bytes, atomic_write_json
+from sam2pal.io.files import atomic_write_bytes, atomic_write_json
 from sam2pal.model.build import LoadedModel
 
 WEIGHTS_NAME = "adapter_model.safetensors"
