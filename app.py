@@ -2,50 +2,10 @@
 
     python app.py [--host 127.0.0.1] [--port 7860] [--model tiny] [--image-size 1024] [--device auto] [--backend local]
 
-Every flag can also be set as an environment variable with a SAM2PAL_ prefix (SAM2PAL_MODEL,
-SAM2PAL_BACKEND…), which is how a Space is configured.
+The same as `sam2pal serve`; flags and their SAM2PAL_* environment variables: sam2pal/ui/serve.py.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
-
-from backends import get_backend
-from sam2pal.ui.app import AppConfig, build_app, launch_options
-from sam2pal.ui.workspace import Limits, Workspaces
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    env = os.environ.get
-    parser = argparse.ArgumentParser(description="sam2pal web app")
-    parser.add_argument("--host", default=env("SAM2PAL_HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(env("SAM2PAL_PORT", "7860")))
-    parser.add_argument("--model", default=env("SAM2PAL_MODEL", AppConfig.model))
-    parser.add_argument("--models", default=env("SAM2PAL_MODELS", ""),
-                        help="comma-separated models users may pick per run, besides --model (e.g. tiny,small,large)")
-    parser.add_argument("--image-size", type=int, default=int(env("SAM2PAL_IMAGE_SIZE", str(AppConfig.image_size))))
-    parser.add_argument("--device", default=env("SAM2PAL_DEVICE", AppConfig.device))
-    parser.add_argument("--backend", default=env("SAM2PAL_BACKEND", "local"), help="local, zerogpu, remote or a plugin")
-    parser.add_argument("--remote-url", default=env("SAM2PAL_REMOTE_URL"), help="for --backend remote")
-    parser.add_argument("--max-images", type=int, default=int(env("SAM2PAL_MAX_IMAGES", "500")),
-                        help="images per batch a session may upload")
-    parser.add_argument("--max-file-size", default=env("SAM2PAL_MAX_FILE_SIZE", "100mb"), help="per uploaded file")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    options = {"url": args.remote_url} if args.backend == "remote" else {}
-    config = AppConfig(model=args.model, image_size=args.image_size, device=args.device,
-                       models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
-                       limits=Limits(max_images=args.max_images), max_file_size=args.max_file_size)
-    workspaces = Workspaces()
-    app = build_app(config, get_backend(args.backend, **options), workspaces)
-    app.queue(default_concurrency_limit=4).launch(
-        server_name=args.host, server_port=args.port, **launch_options(config, workspaces)
-    )
-
+from sam2pal.ui.serve import main
 
 if __name__ == "__main__":
     main()

@@ -43,13 +43,20 @@ class RemoteBackend(Backend):
         def images(folder: str) -> list:
             return [handle_file(str(p)) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
 
-        if spec.adapter is not None:
-            raise SamPalError(f"the remote backend cannot send an adapter ({spec.adapter}); fine-tune on {self.url} "
-                             "in the same job, or use the local backend")
+        adapter = None
+        if spec.adapter is not None:  # sent along as the adapter.zip a fine-tune hands out
+            adapter = Path(spec.workdir) / "adapter_upload.zip"
+            adapter.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(adapter, "w") as bundle:
+                for name in ("adapter_model.safetensors", "adapter_config.json"):
+                    if not (Path(spec.adapter) / name).is_file():
+                        raise SamPalError(f"adapter {spec.adapter} has no {name}; pick a finished fine-tune")
+                    bundle.write(Path(spec.adapter) / name, name)
+            adapter = handle_file(str(adapter))
         params = json.dumps({k: getattr(spec, k) for k in SUBMITTABLE_FIELDS})
         template_folder = spec.template_images or str(Path(spec.templates).parent)
         remote_id = self._client.predict(spec.kind, handle_file(spec.templates), images(template_folder),
-                                         images(spec.images), params, api_name="/submit_job")
+                                         images(spec.images), params, adapter, api_name="/submit_job")
         with self._lock:
             self._specs[spec.job_id] = spec
             self._remote_ids[spec.job_id] = remote_id

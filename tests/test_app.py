@@ -18,8 +18,8 @@ from pycocotools.coco import COCO
 
 from backends.local import LocalBackend
 from sam2pal.errors import SamPalError
-from sam2pal.ui.app import AppConfig, SamPalApp
-from sam2pal.io.outputs import structure_color
+from sam2pal.ui.handlers import AppConfig, SamPalApp
+from sam2pal.io.overlays import structure_color
 from sam2pal.ui.editing import EDITOR_MAX_SIDE, editor_image, layer_masks, tinted
 from sam2pal.ui.workspace import Limits, Workspaces, extract_zip
 
@@ -258,3 +258,14 @@ def test_a_correction_in_the_review_updates_mask_overlay_coco_and_ranking(backen
     with zipfile.ZipFile(archive) as bundle:  # what the Export tab and the job_file endpoint hand out
         zipped = np.asarray(Image.open(io.BytesIO(bundle.read(entry["files"]["masks"][structure])))) > 0
     assert np.array_equal(zipped, expected)
+
+
+def test_the_example_collection_loads_templates_with_structures_and_specimens(tmp_path):
+    ui = SamPalApp(CONFIG, backend=None, workspaces=Workspaces(tmp_path))
+    token, ws = ui.workspaces.get(None)
+    structures, _, _, note, specimen_note = ui.load_example(token)
+    template_set = ws.template_set()
+    assert len(template_set.templates) == 2 and len(ws.specimens()) == 12
+    assert structures.splitlines() == template_set.structures and len(template_set.structures) >= 3
+    assert all(set(t.masks) == set(template_set.structures) for t in template_set.templates)
+    assert "12 specimen images" in specimen_note and "Example collection loaded" in note

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,6 +200,21 @@ def test_remote_backend_runs_a_job_on_another_server(app_server, collection, tmp
     assert report["n_ok"] == 3
     assert str(tmp_path / "client") in status.files["predictions"]  # downloaded next to the spec
     assert len(list((tmp_path / "client" / "predict" / "out" / "masks").iterdir())) == 9
+
+
+def test_remote_backend_predicts_with_the_adapter_fine_tuned_here(app_server, collection, tmp_path):
+    from backends.remote import RemoteBackend
+    from sam2pal.model.build import file_sha256
+
+    remote = RemoteBackend(app_server.local_url)
+    train = _spec(collection, tmp_path / "train", kind="train", train={"epochs": 1, "steps_per_epoch": 1})
+    trained = _wait(remote, remote.start(train))
+    assert trained.state == "done", trained.error
+    adapter = trained.files["adapter"]
+    predicted = _wait(remote, remote.start(_spec(collection, tmp_path / "predict", adapter=adapter)))
+    assert predicted.state == "done", predicted.error
+    info = json.loads(open(predicted.files["predictions"]).read())["info"]
+    assert info["adapter"]["sha256"] == file_sha256(Path(adapter) / "adapter_model.safetensors")
 
 
 def test_remote_backend_needs_an_address():

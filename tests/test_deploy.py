@@ -37,13 +37,22 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_the_docker_command_starts_the_app(tmp_path):
-    command = shlex.split(re.search(r'^CMD \["(.+)"\]$', _dockerfile(), re.M).group(1).replace('", "', " "))
-    assert command == ["python", "app.py"]
+def _docker_command() -> list[str]:
+    return shlex.split(re.search(r'^CMD \["(.+)"\]$', _dockerfile(), re.M).group(1).replace('", "', " "))
+
+
+@pytest.mark.parametrize("how", ["docker", "serve"])
+def test_the_docker_command_and_sam2pal_serve_start_the_app(tmp_path, how):
+    assert _docker_command() == ["python", "app.py"]
     port = _free_port()
-    env = {**os.environ, "SAM2PAL_HOST": "127.0.0.1", "SAM2PAL_PORT": str(port), "SAM2PAL_MODEL": "random:tiny",
+    env = {**os.environ, "SAM2PAL_HOST": "127.0.0.1", "SAM2PAL_MODEL": "random:tiny",
            "SAM2PAL_IMAGE_SIZE": "256", "SAM2PAL_DEVICE": "cpu"}
-    process = subprocess.Popen([sys.executable, *command[1:]], cwd=ROOT, env=env,
+    if how == "docker":
+        env["SAM2PAL_PORT"] = str(port)
+        argv = ["app.py"]
+    else:  # the same flags as app.py, given on the command line
+        argv = ["-m", "sam2pal.cli", "serve", "--port", str(port), "--model", "random:tiny"]
+    process = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120

@@ -65,10 +65,27 @@ def register_api(ui) -> None:
         return FileData(path=status.files["adapter_zip"]), validation.read_text()
 
     def submit_job(kind: str, templates: FileData, template_images: list[FileData], specimens: list[FileData],
-                   params: str = "{}") -> str:
-        """Start a job without waiting; `params` is JSON with JobSpec fields (image_size, model, train, …). Returns its id."""
+                   params: str = "{}", adapter: FileData | None = None) -> str:
+        """Start a job without waiting; `params` is JSON with JobSpec fields (image_size, model, train, …);
+        `adapter`: an adapter.zip to predict with. Returns its id."""
+        if kind not in ("predict", "train"):
+            raise gr.Error(f"job kind {kind!r}: submit 'predict' or 'train'")
+        try:
+            asked = json.loads(params or "{}")
+        except json.JSONDecodeError as exc:
+            raise gr.Error(f"params is not JSON ({exc.msg}); send an object such as {{\"image_size\": 512}}") from exc
+        if not isinstance(asked, dict):
+            raise gr.Error("params must be a JSON object of job settings")
+        unknown = sorted(set(asked) - set(SUBMITTABLE_FIELDS))
+        if unknown:
+            raise gr.Error(f"params.{unknown[0]} cannot be set by a client; allowed: {', '.join(SUBMITTABLE_FIELDS)}")
         ws = _prepare(templates, template_images, specimens)
-        extra = {k: v for k, v in json.loads(params or "{}").items() if k in SUBMITTABLE_FIELDS}
+        extra = dict(asked)
+        if adapter is not None:
+            try:
+                extra["adapter"] = str(ws.store_adapter(_path(adapter)))  # a folder the server chose
+            except SamPalError as exc:
+                raise gr.Error(str(exc)) from exc
         extra.setdefault("image_size", ui.config.image_size)
         return ui.backend.start(ui._spec(ws, kind, **extra))
 

@@ -8,19 +8,20 @@ that comes back (almost) fully painted is the lost-canvas failure, not a drawing
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from sam2pal.errors import SamPalError
-from sam2pal.io.outputs import overlay, structure_color
+from sam2pal.io.overlays import overlay, structure_color
 
 EDITOR_MAX_SIDE = 2048
+CLICK_MAX_SIDE = 1024  # the click image is shown small: each click sends it back, so it stays small too
 FULL_LAYER = 0.98
 
 
-def editor_image(image: np.ndarray) -> np.ndarray:
-    """The image as sent to the editor: shrunk so its long side is at most 2048 px."""
+def editor_image(image: np.ndarray, max_side: int = EDITOR_MAX_SIDE) -> np.ndarray:
+    """The image as sent to the editor: shrunk so its long side is at most `max_side` px."""
     height, width = image.shape[:2]
-    scale = min(1.0, EDITOR_MAX_SIDE / max(height, width))
+    scale = min(1.0, max_side / max(height, width))
     if scale == 1.0:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -57,10 +58,11 @@ def layer_masks(value: dict | None, names: list[str], height: int, width: int) -
     return masks
 
 
-def tinted(image: np.ndarray, mask: np.ndarray, index: int, alpha: float = 0.45) -> np.ndarray:
+def tinted(image: np.ndarray, mask: np.ndarray, index: int, alpha: float = 0.45,
+           max_side: int = EDITOR_MAX_SIDE) -> np.ndarray:
     """The image at editor size with one structure's mask tinted in its colour (a plain image:
     editors reload it reliably). Shrunk before tinting: a 100 MP photo in float is gigabytes."""
-    out = editor_image(image).copy()
+    out = editor_image(image, max_side).copy()
     if mask.shape != out.shape[:2]:  # any covered pixel shows: a 2 px leg must not vanish at 1/5 scale
         mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(out.shape[1::-1], Image.BOX)) > 0
     color = np.array(structure_color(index), dtype=np.float32)
@@ -94,3 +96,16 @@ def corrected(predicted: np.ndarray, value: dict | None) -> np.ndarray:
     height, width = predicted.shape
     layers = layer_masks(value, ["add", "remove"], height, width)
     return (predicted | layers["add"]) & ~layers["remove"]
+
+
+def with_points(image: np.ndarray, points: list, scale: float) -> np.ndarray:
+    """The click image (at most CLICK_MAX_SIDE) with green (inside) and red (outside) dots;
+    `scale` maps its pixels to the photo's."""
+    shown = Image.fromarray(editor_image(image, CLICK_MAX_SIDE))
+    draw = ImageDraw.Draw(shown)
+    radius = max(3, shown.width // 150)
+    for x, y, label in points:
+        cx, cy = x / scale, y / scale
+        draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius),
+                     fill=(0, 200, 0) if label else (220, 0, 0), outline=(255, 255, 255))
+    return np.asarray(shown)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import IMAGE_EXTENSIONS, load_image
-from sam2pal.io.outputs import atomic_save_image, atomic_write_json
+from sam2pal.io.files import atomic_save_image, atomic_write_json, safe_file_names
 from sam2pal.io.templates import Template, TemplateSet, load_coco_templates, save_coco_templates
 
 
@@ -73,16 +73,34 @@ class Workspace:
         added = []
         for path in paths:
             load_image(path)  # refuse what cannot be read, with the file named
-            target = self.root / "templates" / Path(path).name
+            target = self._new_file(self.root / "templates", Path(path).name)
             shutil.copy(path, target)
             added.append(target.name)
         return added
 
+    @staticmethod
+    def _new_file(folder: Path, name: str) -> Path:
+        """Where an uploaded file named `name` goes in `folder`: a client chose the name, so it
+        is made safe (no folders, no odd characters)."""
+        return folder / safe_file_names([Path(name).name])[0]
+
+    def template_path(self, name: str) -> Path:
+        """A template image of this session by name; any other name (a path, say) is refused."""
+        if name not in self.template_names():
+            raise SamPalError(f"template {name!r} is not in this session; upload it first")
+        return self.root / "templates" / name
+
     def template_image(self, name: str) -> np.ndarray:
-        return load_image(self.root / "templates" / name)
+        return load_image(self.template_path(name))
 
     def _mask_path(self, template: str, structure: str) -> Path:
-        return self.root / "masks" / f"{Path(template).stem}__{structure}.png"
+        """One file per (template, structure); both names come from users, so both are cleaned."""
+        structures = self.structures
+        if structure not in structures:
+            raise SamPalError(f"{structure!r} is not one of this session's structures: {', '.join(structures)}")
+        safe = dict(zip(structures, safe_file_names(structures)))[structure]
+        self.template_path(template)
+        return self.root / "masks" / f"{Path(template).stem}__{safe}.png"
 
     def set_mask(self, template: str, structure: str, mask: np.ndarray | None) -> None:
         path = self._mask_path(template, structure)
@@ -101,7 +119,7 @@ class Workspace:
         for name in self.template_names():
             masks = {s: m for s in self.structures if (m := self.mask(name, s)) is not None}
             if masks:
-                templates.append(Template(name, self.root / "templates" / name, self.template_image(name), masks))
+                templates.append(Template(name, self.template_path(name), self.template_image(name), masks))
         if not templates:
             raise SamPalError("no template has a mask yet: draw at least one structure and press Save masks")
         missing = [s for s in self.structures if not any(s in t.masks for t in templates)]
@@ -122,9 +140,10 @@ class Workspace:
         template_set = load_coco_templates(json_path, staging)
         self.set_structures(list(dict.fromkeys(self.structures + list(template_set.structures))))
         for template in template_set.templates:
-            shutil.copy(template.path, self.root / "templates" / Path(template.name).name)
+            target = self._new_file(self.root / "templates", template.name)
+            shutil.copy(template.path, target)
             for structure, mask in template.masks.items():
-                self.set_mask(Path(template.name).name, structure, mask)
+                self.set_mask(target.name, structure, mask)
         shutil.rmtree(staging)
         return template_set
 
@@ -139,11 +158,42 @@ class Workspace:
             if Path(path).suffix.lower() == ".zip":
                 extract_zip(Path(path), self.specimen_dir(), limits)
             elif Path(path).suffix.lower() in IMAGE_EXTENSIONS:
-                shutil.copy(path, self.specimen_dir() / Path(path).name)
+                shutil.copy(path, self._new_file(self.specimen_dir(), path))
         count = len(self.specimens())
         if count > limits.max_images:
             raise SamPalError(f"{count} images is more than this server allows per batch ({limits.max_images})")
         return count
+
+    def store_adapter(self, archive: str | Path) -> Path:
+        """Keep the adapter of an uploaded adapter.zip (its two files only, wherever they sit in
+        the zip) as this session's uploaded adapter."""
+        target = self.root / "uploaded_adapter"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        try:
+            with zipfile.ZipFile(archive) as bundle:
+                for member in bundle.infolist():
+                    name = Path(member.filename).name
+                    if name in ("adapter_model.safetensors", "adapter_config.json"):
+                        (target / name).write_bytes(bundle.read(member))
+        except zipfile.BadZipFile as exc:
+            raise SamPalError(f"{Path(archive).name} is not a zip file: upload the adapter.zip a fine-tune produced") from exc
+        if not (target / "adapter_config.json").is_file() or not (target / "adapter_model.safetensors").is_file():
+            shutil.rmtree(target)
+            raise SamPalError(f"{Path(archive).name} holds no adapter_config.json and adapter_model.safetensors: "
+                              "upload the adapter.zip a fine-tune produced")
+        return target
+
+    def uploaded_adapter(self) -> Path | None:
+        target = self.root / "uploaded_adapter"
+        return target if (target / "adapter_config.json").is_file() else None
+
+    def specimen_path(self, name: str) -> Path:
+        """A specimen photo of this session by name; any other name is refused."""
+        path = self.specimen_dir() / name
+        if path not in self.specimens():
+            raise SamPalError(f"specimen {name!r} is not in this session")
+        return path
 
     def specimens(self) -> list[Path]:
         return sorted(p for p in self.specimen_dir().iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)

@@ -1,0 +1,75 @@
+"""What a client of a shared host sends is checked: it never picks a server path or a server limit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+
+from sam2pal.errors import SamPalError
+from sam2pal.jobs import check_client_request
+from sam2pal.ui.handlers import AppConfig, SamPalApp
+from sam2pal.ui.workspace import Workspaces
+
+from conftest import IMAGE_SIZE
+
+
+def _layers(height: int, width: int, count: int) -> dict:
+    layers = []
+    for k in range(count):
+        layer = np.zeros((height, width, 4), np.uint8)
+        layer[10 + 10 * k : 20 + 10 * k, 10:30] = (255, 0, 0, 255)
+        layers.append(layer)
+    return {"background": np.zeros((height, width, 4), np.uint8), "layers": layers, "composite": None}
+
+
+def test_structure_names_never_leave_the_session_folder(tmp_path, collection):
+    ui = SamPalApp(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), backend=None,
+                   workspaces=Workspaces(tmp_path / "sessions"))
+    token, ws = ui.workspaces.get(None)
+    ui.upload_templates([str(collection / "template_0.png")], token)
+    ui.apply_structures("../../../../x\n..\\..\\y", token)
+    ui.save_masks(_layers(120, 160, 2), "template_0.png", token)
+    written = sorted(p for p in tmp_path.rglob("*.png") if "masks" in p.parts)
+    assert len(written) == 2 and all(p.parent == ws.root / "masks" for p in written)
+    assert not (tmp_path / "x.png").exists() and not list(tmp_path.parent.glob("*x.png"))
+    assert ws.mask("template_0.png", "../../../../x").sum() == 200  # the name itself still works
+    with pytest.raises(SamPalError, match="not in this session"):
+        ws.template_image("../../../etc/passwd")
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"train": {"cache_dir": "/tmp/anywhere"}}, "train.cache_dir"),
+    ({"train": {"cache_bytes": 10**12}}, "train.cache_bytes"),
+    ({"train": {"max_pixels": 10**12}}, "train.max_pixels"),
+    ({"train": {"feature_cache_dir": "/x"}}, "train.feature_cache_dir"),
+    ({"train": {"epochs": 10**6}}, "train.epochs"),
+    ({"train": {"mode": "rm -rf"}}, "train.mode"),
+    ({"train": {"lr": "fast"}}, "train.lr"),
+    ({"image_size": 100}, "image_size"),
+    ({"batch_size": 0}, "batch_size"),
+])
+def test_client_settings_outside_what_a_user_may_choose_are_refused(extra, field):
+    with pytest.raises(SamPalError, match=field.replace(".", r"\.")):
+        check_client_request(extra)
+
+
+def test_client_settings_a_user_may_choose_pass():
+    check_client_request({"image_size": 512, "batch_size": 2, "orientation": "rot4",
+                          "train": {"epochs": 3, "mode": "lora", "lr": None, "lora_rank": 4, "seed": 1,
+                                    "cycle_memory": "mask", "augment": False, "folds": 3, "fold": 2}})
+
+
+def test_a_remote_client_cannot_make_the_server_create_a_folder(app_server, collection, tmp_path):
+    client = Client(app_server.local_url, verbose=False)
+    target = tmp_path / "chosen_by_client"
+    files = (handle_file(str(collection / "templates.json")), [handle_file(str(collection / "template_0.png")),
+             handle_file(str(collection / "template_1.png"))],
+             [handle_file(str(sorted((collection / "specimens").iterdir())[0]))])
+    with pytest.raises(Exception, match=r"train\.cache_dir cannot be set by a client"):
+        client.predict("train", *files, json.dumps({"train": {"cache_dir": str(target)}}), api_name="/submit_job")
+    with pytest.raises(Exception, match=r"params\.workdir cannot be set by a client"):
+        client.predict("predict", *files, json.dumps({"workdir": str(target)}), api_name="/submit_job")
+    assert not target.exists()
