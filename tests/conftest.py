@@ -7,6 +7,7 @@ on it check plumbing and numbers. Tests of segmentation quality use `synthetic`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -59,7 +60,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def _serve(folder: Path, model: str):
+@contextlib.contextmanager
+def _serving(folder: Path, model: str):
+    """The web app on 127.0.0.1 (256 px, local worker backend), launched as app.py launches it."""
     from backends.local import LocalBackend
     from sam2pal.ui.app import AppConfig, build_app, launch_options
     from sam2pal.ui.workspace import Workspaces
@@ -69,27 +72,23 @@ def _serve(folder: Path, model: str):
     config = AppConfig(model=model, image_size=IMAGE_SIZE, device="cpu")
     app = build_app(config, backend, workspaces)
     app.queue().launch(server_name="127.0.0.1", server_port=None, prevent_thread_lock=True, quiet=True,
-                       **launch_options(config, workspaces))  # as app.py launches it
-    return app, backend
-
-
-@pytest.fixture
-def app_server(tmp_path):
-    """The web app on 127.0.0.1 (random:tiny, 256 px, local worker backend), stopped afterwards."""
-    app, backend = _serve(tmp_path, "random:tiny")
+                       **launch_options(config, workspaces))
     try:
         yield app
     finally:
         app.close()
         backend.close()
+
+
+@pytest.fixture
+def app_server(tmp_path):
+    """The web app with random:tiny, stopped afterwards."""
+    with _serving(tmp_path, "random:tiny") as app:
+        yield app
 
 
 @pytest.fixture
 def synthetic_app_server(tmp_path):
     """The web app with the synthetic model, whose masks are real."""
-    app, backend = _serve(tmp_path, "synthetic:256")
-    try:
+    with _serving(tmp_path, "synthetic:256") as app:
         yield app
-    finally:
-        app.close()
-        backend.close()
