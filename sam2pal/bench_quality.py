@@ -25,9 +25,9 @@ from sam2pal.quality import Line, Scored, score_collection, spearman, summarise,
 from sam2pal.synthetic.domains import CollectionFiles, write_collection
 
 
-def _row(line: Line, extra: str = "") -> str:
+def _row(line: Line) -> str:
     return (f"| {line.label} | {line.n} | {line.iou:.3f} | {line.dice:.3f} | {line.boundary_f1:.3f} | "
-            f"{line.seconds:.3f} |{extra}")
+            f"{line.seconds:.3f} |")
 
 
 def zero_shot(loaded: LoadedModel, collections: list[CollectionFiles]) -> tuple[list[str], dict]:

@@ -5,6 +5,8 @@ that does not look could reach (pasting the template's masks, an unsearched turn
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,18 @@ def test_clicks_inside_structures_give_masks_of_them(synthetic, held_out):
                 scores.append(iou(clicked, mask))
                 hits.append(bool(clicked[ys[inside], xs[inside]]))
     assert np.mean(scores) >= 0.08 and np.mean(hits) >= 0.25  # measured on seeds 101-105: IoU 0.15, inside 35%
+
+
+def test_the_quality_benchmark_prints_its_table_and_writes_its_numbers(tmp_path, capsys):
+    from sam2pal.cli import main
+
+    assert main(["bench", "--quality", "--collections", "1", "--specimens", "2", "--finetune-seeds", "0",
+                 "--device", "cpu", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "trained on synthetic specimens only" in printed
+    for row in ("| all, 1 template |", "| thin, 3 templates |", "| rot180 |", "| upright specimens | round-trip IoU |"):
+        assert row in printed
+    numbers = json.loads((tmp_path / "quality.json").read_text())
+    assert 0 <= numbers["zero_shot"]["all, 1 template"]["iou"] <= 1 and numbers["finetuning"] == {}
+    tables = [line for line in (tmp_path / "quality.md").read_text().splitlines() if line.startswith("|---")]
+    assert len(tables) == 4  # zero-shot, per structure, orientation, QC (no fine-tuning rows asked for)
