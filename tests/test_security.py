@@ -73,3 +73,39 @@ def test_a_remote_client_cannot_make_the_server_create_a_folder(app_server, coll
     with pytest.raises(Exception, match=r"params\.workdir cannot be set by a client"):
         client.predict("predict", *files, json.dumps({"workdir": str(target)}), api_name="/submit_job")
     assert not target.exists()
+
+
+def test_uploaded_names_keep_their_extension_and_stay_in_the_folder():
+    from sam2pal.ui.workspace import Workspace
+
+    assert Workspace.stored_name("../../a b.PNG") == "a_b.png"
+    assert Workspace.stored_name("蝶.jpg").startswith("image-") and Workspace.stored_name("蝶.jpg").endswith(".jpg")
+    assert Workspace.stored_name("蝶.jpg") != Workspace.stored_name("胸.jpg")
+
+
+def test_a_structure_keeps_its_mask_file_whatever_the_other_structures(tmp_path, collection):
+    ui = SamPalApp(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), backend=None,
+                   workspaces=Workspaces(tmp_path / "sessions"))
+    token, ws = ui.workspaces.get(None)
+    ui.upload_templates([str(collection / "template_0.png")], token)
+    ui.apply_structures("a b\na_b", token)
+    ui.save_masks(_layers(120, 160, 2), "template_0.png", token)
+    before = ws.mask("template_0.png", "a_b")
+    ui.apply_structures("a_b", token)  # "a b" removed: "a_b" must still read its own mask
+    assert np.array_equal(ws.mask("template_0.png", "a_b"), before)
+
+
+def test_an_adapter_zip_that_unpacks_too_large_is_refused(tmp_path, monkeypatch):
+    import zipfile
+
+    import sam2pal.ui.workspace as workspace
+
+    archive = tmp_path / "adapter.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("adapter_config.json", "{}")
+        bundle.writestr("adapter_model.safetensors", b"\0" * 100_000)  # compresses to almost nothing
+    monkeypatch.setattr(workspace, "MAX_ADAPTER_BYTES", 10_000)
+    _, ws = Workspaces(tmp_path / "sessions").get(None)
+    with pytest.raises(SamPalError, match="unpacks to 100,000 bytes"):
+        ws.store_adapter(archive)
+    assert ws.uploaded_adapter() is None and not [p for p in ws.root.iterdir() if p.name.startswith("tmp")]

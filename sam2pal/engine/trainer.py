@@ -197,7 +197,12 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
-        self.history = json.loads((resume / VALIDATION_NAME).read_text())["epochs"]
+        validation = json.loads((resume / VALIDATION_NAME).read_text())
+        held_out = [self.templates.templates[i].name for i in self.held_out]
+        if validation.get("held_out", held_out) != held_out:
+            raise SamPalError(f"--resume {resume} validated on {validation['held_out']}, these settings hold out "
+                              f"{held_out}; resume with the run's --seed, --folds and --fold")
+        self.history = validation["epochs"]
 
     # --- features ----------------------------------------------------------------------------
 

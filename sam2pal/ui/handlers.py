@@ -113,7 +113,7 @@ class SamPalApp:
         except SamPalError as exc:
             raise _error(exc) from exc
         names = ws.template_names()
-        first = Path(imported.templates[0].name).name
+        first = ws.stored_name(imported.templates[0].name)
         return ("\n".join(ws.structures), gr.Dropdown(choices=names, value=first), _editor(ws.structures),
                 f"Imported {len(imported.templates)} templates with {len(imported.structures)} structures.")
 
@@ -359,13 +359,22 @@ class SamPalApp:
     def _correction_editor(self, ws: Workspace, status: JobStatus, file_name: str, structure: str | None,
                            image: np.ndarray | None = None):
         structure = structure or ws.structures[0]
-        image = load_image(ws.specimen_dir() / file_name) if image is None else image
-        mask = predicted_mask(mask_files(status, file_name)[structure], image.shape[:2])
+        try:
+            image = load_image(ws.specimen_path(file_name)) if image is None else image
+            mask = predicted_mask(mask_files(status, file_name)[self._structure(ws, structure)], image.shape[:2])
+        except SamPalError as exc:
+            raise _error(exc) from exc
         background = tinted(image, mask, ws.structures.index(structure))
         value = {"background": background, "layers": [], "composite": background}
         editor = gr.ImageEditor(value=value, layers=gr.LayerOptions(layers=["add", "remove"], allow_additional_layers=False),
                                 brush=gr.Brush(colors=["#00c000", "#e00000"], color_mode="fixed"))
         return editor, gr.Dropdown(choices=ws.structures, value=structure)
+
+    @staticmethod
+    def _structure(ws: Workspace, structure: str) -> str:
+        if structure not in ws.structures:
+            raise SamPalError(f"{structure!r} is not one of this session's structures")
+        return structure
 
     def change_correction_structure(self, file_name: str | None, structure: str | None, token: str):
         ws = self._ws(token)
@@ -381,10 +390,10 @@ class SamPalApp:
         status = self._status(ws, "predict")
         if not file_name or not structure or status is None:
             raise gr.Error("Open a specimen from the gallery first.")
-        image = load_image(ws.specimen_dir() / file_name)
-        files = mask_files(status, file_name)
-        predicted = predicted_mask(files[structure], image.shape[:2])
         try:
+            image = load_image(ws.specimen_path(file_name))
+            files = mask_files(status, file_name)
+            predicted = predicted_mask(files[self._structure(ws, structure)], image.shape[:2])
             mask = corrected(predicted, value)
         except SamPalError as exc:
             raise _error(exc) from exc

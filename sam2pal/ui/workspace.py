@@ -6,6 +6,7 @@ the browser, so a reload re-attaches to the same work and one user never sees an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import shutil
@@ -23,6 +24,13 @@ from sam2pal.errors import SamPalError
 from sam2pal.io.images import IMAGE_EXTENSIONS, load_image
 from sam2pal.io.files import atomic_save_image, atomic_write_json, safe_file_names
 from sam2pal.io.templates import Template, TemplateSet, load_coco_templates, save_coco_templates
+
+
+MAX_ADAPTER_BYTES = 1 << 30  # far above any LoRA or decoder adapter; a zip bomb stops here
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -79,10 +87,15 @@ class Workspace:
         return added
 
     @staticmethod
-    def _new_file(folder: Path, name: str) -> Path:
-        """Where an uploaded file named `name` goes in `folder`: a client chose the name, so it
-        is made safe (no folders, no odd characters)."""
-        return folder / safe_file_names([Path(name).name])[0]
+    def stored_name(name: str) -> str:
+        """The name an uploaded file named `name` is kept under: a client chose it, so its stem
+        is made safe (no folders, no odd characters); the extension stays."""
+        path = Path(Path(name).name)
+        stem = safe_file_names([path.stem])[0] if path.stem.isascii() else f"image-{_digest(path.stem)}"
+        return stem + path.suffix.lower()
+
+    def _new_file(self, folder: Path, name: str) -> Path:
+        return folder / self.stored_name(name)
 
     def template_path(self, name: str) -> Path:
         """A template image of this session by name; any other name (a path, say) is refused."""
@@ -98,7 +111,7 @@ class Workspace:
         structures = self.structures
         if structure not in structures:
             raise SamPalError(f"{structure!r} is not one of this session's structures: {', '.join(structures)}")
-        safe = dict(zip(structures, safe_file_names(structures)))[structure]
+        safe = f"{safe_file_names([structure])[0]}-{_digest(structure)}"  # its own name alone decides
         self.template_path(template)
         return self.root / "masks" / f"{Path(template).stem}__{safe}.png"
 
@@ -168,20 +181,31 @@ class Workspace:
         """Keep the adapter of an uploaded adapter.zip (its two files only, wherever they sit in
         the zip) as this session's uploaded adapter."""
         target = self.root / "uploaded_adapter"
-        shutil.rmtree(target, ignore_errors=True)
-        target.mkdir()
+        staging = Path(tempfile.mkdtemp(dir=self.root))  # complete, then put in place
         try:
             with zipfile.ZipFile(archive) as bundle:
                 for member in bundle.infolist():
                     name = Path(member.filename).name
-                    if name in ("adapter_model.safetensors", "adapter_config.json"):
-                        (target / name).write_bytes(bundle.read(member))
+                    if name not in ("adapter_model.safetensors", "adapter_config.json"):
+                        continue
+                    if member.file_size > MAX_ADAPTER_BYTES:
+                        raise SamPalError(f"{Path(archive).name}: {name} unpacks to {member.file_size:,} bytes, more "
+                                          f"than an adapter ({MAX_ADAPTER_BYTES:,} at most); upload the adapter.zip "
+                                          "a fine-tune produced")
+                    with bundle.open(member) as source, open(staging / name, "wb") as out:
+                        shutil.copyfileobj(source, out)
         except zipfile.BadZipFile as exc:
+            shutil.rmtree(staging)
             raise SamPalError(f"{Path(archive).name} is not a zip file: upload the adapter.zip a fine-tune produced") from exc
-        if not (target / "adapter_config.json").is_file() or not (target / "adapter_model.safetensors").is_file():
-            shutil.rmtree(target)
+        except SamPalError:
+            shutil.rmtree(staging)
+            raise
+        if not (staging / "adapter_config.json").is_file() or not (staging / "adapter_model.safetensors").is_file():
+            shutil.rmtree(staging)
             raise SamPalError(f"{Path(archive).name} holds no adapter_config.json and adapter_model.safetensors: "
                               "upload the adapter.zip a fine-tune produced")
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
         return target
 
     def uploaded_adapter(self) -> Path | None:
