@@ -80,6 +80,8 @@ def check_client_request(extra: dict) -> None:
             raise SamPalError(f"train.{name} cannot be set by a client; allowed: {', '.join(CLIENT_TRAIN_FIELDS)}")
         if not (name in ("lr", "steps_per_epoch") and value is None):
             _check_value(f"train.{name}", value, CLIENT_TRAIN_FIELDS[name])
+    if train.get("fold", 0) >= train.get("folds", 5):
+        raise SamPalError(f"train.fold {train['fold']} must be below train.folds ({train.get('folds', 5)})")
 
 
 @dataclass

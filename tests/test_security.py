@@ -25,13 +25,19 @@ def _layers(height: int, width: int, count: int) -> dict:
     return {"background": np.zeros((height, width, 4), np.uint8), "layers": layers, "composite": None}
 
 
-def test_structure_names_never_leave_the_session_folder(tmp_path, collection):
+def _session_with_two_masks(tmp_path, collection, structures: str):
+    """A page session whose first template has one drawn mask for each of two structures."""
     ui = SamPalApp(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), backend=None,
                    workspaces=Workspaces(tmp_path / "sessions"))
     token, ws = ui.workspaces.get(None)
     ui.upload_templates([str(collection / "template_0.png")], token)
-    ui.apply_structures("../../../../x\n..\\..\\y", token)
+    ui.apply_structures(structures, token)
     ui.save_masks(_layers(120, 160, 2), "template_0.png", token)
+    return ui, token, ws
+
+
+def test_structure_names_never_leave_the_session_folder(tmp_path, collection):
+    ui, token, ws = _session_with_two_masks(tmp_path, collection, "../../../../x\n..\\..\\y")
     written = sorted(p for p in tmp_path.rglob("*.png") if "masks" in p.parts)
     assert len(written) == 2 and all(p.parent == ws.root / "masks" for p in written)
     assert not (tmp_path / "x.png").exists() and not list(tmp_path.parent.glob("*x.png"))
@@ -50,6 +56,7 @@ def test_structure_names_never_leave_the_session_folder(tmp_path, collection):
     ({"train": {"lr": "fast"}}, "train.lr"),
     ({"image_size": 100}, "image_size"),
     ({"batch_size": 0}, "batch_size"),
+    ({"train": {"folds": 3, "fold": 3}}, "train.fold"),
 ])
 def test_client_settings_outside_what_a_user_may_choose_are_refused(extra, field):
     with pytest.raises(SamPalError, match=field.replace(".", r"\.")):
@@ -84,12 +91,7 @@ def test_uploaded_names_keep_their_extension_and_stay_in_the_folder():
 
 
 def test_a_structure_keeps_its_mask_file_whatever_the_other_structures(tmp_path, collection):
-    ui = SamPalApp(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), backend=None,
-                   workspaces=Workspaces(tmp_path / "sessions"))
-    token, ws = ui.workspaces.get(None)
-    ui.upload_templates([str(collection / "template_0.png")], token)
-    ui.apply_structures("a b\na_b", token)
-    ui.save_masks(_layers(120, 160, 2), "template_0.png", token)
+    ui, token, ws = _session_with_two_masks(tmp_path, collection, "a b\na_b")
     before = ws.mask("template_0.png", "a_b")
     ui.apply_structures("a_b", token)  # "a b" removed: "a_b" must still read its own mask
     assert np.array_equal(ws.mask("template_0.png", "a_b"), before)

@@ -20,15 +20,6 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - (2 * intersection + 1) / (prob.sum(1) + target.sum(1) + 1)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    """Per-row mean sigmoid focal loss (RetinaNet's), (N,): easy background pixels count little."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    prob = torch.sigmoid(logits)
-    p_t = prob * target + (1 - prob) * (1 - target)
-    weight = (alpha * target + (1 - alpha) * (1 - target)) * (1 - p_t) ** gamma
-    return (weight * bce).flatten(1).mean(1)
-
-
 def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Per-row IoU of the thresholded mask, (N,), no gradient; empty vs empty is 1."""
     pred = (logits.detach() > 0).flatten(1)
@@ -40,30 +31,19 @@ def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossWeights:
-    """Meta's SAM2 fine-tuning weights by default: focal 20, Dice 1, IoU head 1, object score 1.
+    """BCE + Dice on the masks, MSE on the IoU head, BCE on the object score. (Meta fine-tunes
+    pretrained SAM2 with focal 20 + Dice; from random weights focal kept every early mask empty.)"""
 
-    From random weights, plain BCE + Dice learns much faster (focal's small weight on positives
-    keeps early masks empty), so pretraining uses `LossWeights.from_scratch()`."""
-
-    focal: float = 20.0
     dice: float = 1.0
+    bce: float = 1.0
     iou: float = 1.0
     score: float = 1.0
-    bce: float = 0.0
-
-    @classmethod
-    def from_scratch(cls) -> "LossWeights":
-        return cls(focal=0.0, dice=1.0, iou=1.0, score=1.0, bce=1.0)
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, weights: LossWeights) -> torch.Tensor:
-    """Per-row focal + Dice + BCE, as weighted, (N,)."""
-    loss = weights.dice * dice_loss(logits, target)
-    if weights.focal:
-        loss = loss + weights.focal * focal_loss(logits, target)
-    if weights.bce:
-        loss = loss + weights.bce * F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    return loss
+    """Per-row Dice + BCE, as weighted, (N,)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    return weights.dice * dice_loss(logits, target) + weights.bce * bce
 
 
 def supervised_loss(logits: torch.Tensor, iou_pred: torch.Tensor, score_logits: torch.Tensor, target: torch.Tensor,

@@ -141,7 +141,7 @@ class Pretrainer:
         self.loaded = LoadedModel(sam, "synthetic (pretraining)", VARIANT, config.image_size, torch.device("cpu"),
                                   untrained=True, checkpoint_sha256=None, fingerprint="")
         self.encoder = Encoder(self.loaded)
-        self.weights = LossWeights.from_scratch()
+        self.weights = LossWeights()
         self.optimizer = torch.optim.AdamW(sam.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0

@@ -82,6 +82,8 @@ def register_api(ui) -> None:
         ws = _prepare(templates, template_images, specimens)
         extra = dict(asked)
         if adapter is not None:
+            if kind != "predict":
+                raise gr.Error("an adapter is used by predict jobs only; submit kind 'predict' with it")
             try:
                 extra["adapter"] = str(ws.store_adapter(_path(adapter)))  # a folder the server chose
             except SamPalError as exc:
