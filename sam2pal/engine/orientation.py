@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sam2pal.io.boxmask import BoxMask
+
 SEARCHES = {
     "none": ("rot0",),
     "rot4": ("rot0", "rot90", "rot180", "rot270"),
@@ -35,3 +37,15 @@ def restore(masks: np.ndarray, name: str) -> np.ndarray:
     if flip:
         masks = masks[:, :, ::-1]
     return np.ascontiguousarray(masks)
+
+
+def turned_shape(shape: tuple[int, int], name: str) -> tuple[int, int]:
+    """(height, width) of an image of `shape` after `orient(..., name)`."""
+    return shape[::-1] if _parts(name)[1] % 2 else shape
+
+
+def restore_box(mask: BoxMask, name: str) -> BoxMask:
+    """`restore` for one mask kept as its bounding box."""
+    flip, turns = _parts(name)
+    mask = mask.rot90(-turns)
+    return mask.fliplr() if flip else mask
