@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from sam2pal import __version__
-from sam2pal.engine.propagate import Propagator, predict_collection
+from sam2pal.engine.propagate import Decoding, Propagator, predict_collection
 from sam2pal.engine.qc import QCConfig
 from sam2pal.engine.trainer import Trainer, TrainConfig, TrainResult
 from sam2pal.errors import SamPalError
@@ -90,7 +90,7 @@ def provenance(model: LoadedModel, templates: TemplateSet, **params) -> dict:
 
 # Settings that change how a run goes or what it writes, but not a mask: a run into the same OUT
 # may differ in these and still complete the earlier one.
-_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images", "qc"})
+_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images", "qc", "masks"})
 
 
 def _result_identity(info: dict) -> dict:
@@ -130,7 +130,10 @@ def predict(
     if max_pixels < 1:
         raise SamPalError(f"--max-pixels {max_pixels} must be at least 1")
     options = options or OutputOptions()
+    # overlay_size is part of what makes the masks: photos are decoded at the larger of the
+    # model's input and the overlay (io.images.load_photo)
     params: dict = {"batch_size": batch_size, "max_pixels": max_pixels, "polygons": options.polygons,
+                    "masks": options.masks, "overlay_size": options.overlay_size,
                     "orientation_search": orientation, "qc": asdict(qc) if qc is not None else None}
     if isinstance(images, list):
         paths, skipped = [Path(p) for p in images], []
@@ -147,5 +150,6 @@ def predict(
     todo = [path for path in paths if not writer.is_done(path)]
     if todo:
         propagator = Propagator(model, templates, qc=qc, orientation=orientation)
-        predict_collection(propagator, todo, writer, batch_size, max_pixels, progress)
+        decoding = Decoding(model.image_size, options.overlay_size, max_pixels)
+        predict_collection(propagator, todo, writer, batch_size, decoding, progress)
     return writer.close()

@@ -92,6 +92,14 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group.add_argument("--seed", type=int, default=0)
 
 
+def _overlay_size(text: str) -> int | None:
+    if text == "full":
+        return None
+    if not text.isdigit() or int(text) < 64:
+        raise argparse.ArgumentTypeError(f"--overlay-size {text!r}: give full or a long side of at least 64 pixels")
+    return int(text)
+
+
 def _predict_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("prediction")
     group.add_argument("--batch-size", type=int, default=4, help="specimens per encoder batch")
@@ -101,6 +109,11 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
                        "report.json into OUT/results.zip")
     group.add_argument("--overwrite", action="store_true", help="replace results already in OUT (default: "
                        "keep them and segment only the images not done yet)")
+    group.add_argument("--masks", choices=("png", "none"), default="png", help="png: a 1-bit PNG per structure "
+                       "and photo in OUT/masks (default); none: only the COCO file, when that is all you need")
+    group.add_argument("--overlay-size", type=_overlay_size, default=2048, metavar="full|N",
+                       help="long side of the overlays in pixels (default 2048, review size), or full; photos are "
+                       "decoded at this size when it is larger than the model's input")
     group.add_argument("--no-qc", action="store_true", help="skip the round-trip quality check (faster)")
     group.add_argument("--qc-min-iou", type=float, default=0.5, help="flag structures whose round-trip IoU is below")
     group.add_argument("--qc-min-confidence", type=float, default=0.5, help="flag masks less confident than this")
@@ -195,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--scale", type=int, nargs="+", metavar="N",
                        help="instead: peak RSS of `predict` runs on N specimens each (e.g. --scale 50 500), "
                             "at the first --image-size")
+    bench.add_argument("--io", action="store_true", help="instead: seconds per specimen of every stage (decode, "
+                       "model, upsample, RLE, PNG, overlay, QC, COCO check) and peak RSS on 0.3-45 MP photos "
+                       "(default model synthetic:256)")
+    bench.add_argument("--megapixels", type=float, nargs="+", default=[0.3, 12, 24, 45],
+                       help="--io: photo sizes (default 0.3 12 24 45)")
+    bench.add_argument("--batch-size", type=int, nargs="+", default=[4, 1, 8],
+                       help="--io: batch of the end-to-end run, then batches whose peak RSS is compared (default 4 1 8)")
     quality = bench.add_argument_group("--quality (synthetic collections from evaluation seeds)")
     quality.add_argument("--quality", action="store_true", help="instead: segmentation quality table "
                          "(zero-shot, orientation search, quality check, fine-tuning under a domain shift)")
@@ -310,7 +330,8 @@ def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -
 
     from sam2pal.engine.qc import QCConfig
 
-    options = OutputOptions(polygons=args.polygons, zip=args.zip, overwrite=args.overwrite)
+    options = OutputOptions(polygons=args.polygons, zip=args.zip, overwrite=args.overwrite, masks=args.masks,
+                            overlay_size=args.overlay_size)
     qc = None if args.no_qc else QCConfig(args.qc_min_iou, args.qc_min_confidence, tuple(args.qc_area_range))
     report = predict(model, templates, args.images, args.out, adapter, args.batch_size, args.max_pixels,
                      progress, options, qc, args.orientation_search)
@@ -427,6 +448,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             size = args.image_size[0] if args.image_size else None
             run_quality(args.model or "synthetic:256", size, args.device, args.collections, args.specimens,
                         args.finetune_seeds, args.finetune_epochs, args.out)
+            return EXIT_OK
+        if args.io:
+            from sam2pal.bench_io import run_io
+
+            if args.specimens < 1 or min(args.batch_size) < 1 or min(args.megapixels) <= 0:
+                raise SamPalError("--specimens and --batch-size must be at least 1, --megapixels above 0")
+            run_io(args.model or "synthetic:256", args.image_size[0] if args.image_size else None, args.device,
+                   args.specimens, args.megapixels, args.batch_size)
             return EXIT_OK
         args.model = args.model or "random:tiny"
         args.image_size = args.image_size or [256, 512]

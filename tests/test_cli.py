@@ -378,3 +378,48 @@ def test_memory_flags_reach_the_training_config(tmp_path):
     config = _train_config(args)
     assert (config.structures_per_pass, config.low_memory, config.cache_bytes, config.cache_dir, config.max_pixels) == (
         1, True, 2**29, tmp_path, 1000)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_big_photos_give_full_size_masks_review_size_overlays_and_the_same_coco_without_pngs(tmp_path):
+    """A 3.8 MP photo: decoded at review size, masks at full size exactly as F.interpolate makes
+    them from the model's logits, 1-bit PNGs equal to the COCO masks, overlays at --overlay-size."""
+    import torch.nn.functional as F
+
+    from sam2pal.engine.propagate import Propagator
+    from sam2pal.io.images import load_photo
+    from sam2pal.io.templates import load_coco_templates
+    from sam2pal.model.build import load_model
+    from sam2pal.synthetic.domains import write_collection
+
+    files = write_collection(tmp_path / "c", "in-domain", seed=3, templates=1, specimens=2)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in sorted(files.specimens.glob("*.jpg")):
+        Image.open(path).resize((2400, 1600), Image.BICUBIC).save(photos / path.name, quality=90)
+    args = ["predict", "--templates", str(files.templates), "--images", str(photos), "--model", "synthetic:256",
+            "--device", "cpu", "--quiet", "--no-qc", "--overlay-size", "512"]
+    assert main([*args, "--out", str(tmp_path / "png")]) == 0
+    assert main([*args, "--out", str(tmp_path / "none"), "--masks", "none"]) == 0
+
+    coco = json.loads((tmp_path / "png" / "predictions.json").read_text())
+    assert coco["images"][0]["width"] == 2400 and coco["images"][0]["height"] == 1600
+    with Image.open(tmp_path / "png" / "overlays" / "specimen_0000.jpg") as jpeg:
+        assert jpeg.size == (512, 341)
+    model = load_model("synthetic:256", device="cpu")
+    propagator = Propagator(model, load_coco_templates(files.templates), qc=None)
+    photo = load_photo(photos / "specimen_0000.jpg", model.image_size, 512)
+    logits = propagator.logits([photo.image]).low_res_logits
+    expected = (F.interpolate(logits.float(), size=(1600, 2400), mode="bilinear", align_corners=False)[:, 0] > 0).numpy()
+    assert expected.any()
+    coco_api = COCO(str(tmp_path / "png" / "predictions.json"))
+    for k, structure in enumerate(files.structures):
+        with Image.open(tmp_path / "png" / "masks" / f"specimen_0000__{structure}.png") as png:
+            assert png.mode == "1" and np.array_equal(np.asarray(png), expected[k])
+        found = coco_api.loadAnns(coco_api.getAnnIds(imgIds=[1], catIds=[k + 1]))
+        decoded = coco_api.annToMask(found[0]).astype(bool) if found else np.zeros((1600, 2400), dtype=bool)
+        assert np.array_equal(decoded, expected[k])
+
+    assert not (tmp_path / "none" / "masks").exists()
+    without = json.loads((tmp_path / "none" / "predictions.json").read_text())
+    assert [a["segmentation"] for a in without["annotations"]] == [a["segmentation"] for a in coco["annotations"]]

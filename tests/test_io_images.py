@@ -13,6 +13,7 @@ from sam2pal.io.images import (
     image_size,
     list_images,
     load_image,
+    load_photo,
     orient_mask,
     scan_images,
     verify_image,
@@ -293,3 +294,41 @@ def test_scan_images_notes_what_it_does_not_read(tmp_path: Path) -> None:
         ),
         ("raw", "a folder (subfolders are not searched)"),
     ]
+
+
+def _smooth_photo(width: int, height: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 255 // (width + height)], -1).astype(np.uint8)
+
+
+def test_load_photo_decodes_a_big_jpeg_at_the_size_its_uses_need(tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    pixels = _smooth_photo(3000, 2000)
+    Image.fromarray(pixels).save(path, quality=92)
+
+    photo = load_photo(path, min_side=256, review_side=1024)
+
+    assert photo.size == (3000, 2000) and photo.full_shape == (2000, 3000)  # masks are made at full size
+    assert photo.image.shape == (683, 1024, 3)  # long side at review size; the short side >= 256
+    full = np.asarray(Image.fromarray(load_image(path)).resize((1024, 683), Image.BILINEAR), dtype=np.int16)
+    assert np.abs(photo.image.astype(np.int16) - full).mean() < 2.0
+    assert load_photo(path, min_side=1024, review_side=256).image.shape == (1024, 1536, 3)  # the model's need wins
+    assert load_photo(path, min_side=256, review_side=None).image.shape == (2000, 3000, 3)  # full size asked
+
+
+def test_load_photo_turns_upright_scales_every_format_and_keeps_the_cap(tmp_path: Path) -> None:
+    stored = _smooth_photo(1600, 1200)
+    rotated = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.fromarray(stored).save(rotated, exif=exif.tobytes(), quality=92)
+    photo = load_photo(rotated, 64, 400)
+    assert photo.size == (1200, 1600) and photo.image.shape == (400, 300, 3)
+    upright = np.asarray(Image.fromarray(load_image(rotated)).resize((300, 400), Image.BILINEAR), dtype=np.int16)
+    assert np.abs(photo.image.astype(np.int16) - upright).mean() < 3.0
+
+    png = tmp_path / "scan.png"
+    Image.fromarray(stored).save(png)
+    assert load_photo(png, 64, 800).image.shape == (600, 800, 3)
+    with pytest.raises(SamPalError, match="image too large: .*scan.png"):
+        load_photo(png, 64, 800, max_pixels=1000)

@@ -14,7 +14,9 @@ from pycocotools.coco import COCO
 
 from sam2pal.errors import SamPalError
 from sam2pal.io.corrections import replace_mask
+from sam2pal.io.boxmask import BoxMask
 from sam2pal.io.files import atomic_file, atomic_save_image, atomic_write_bytes, atomic_write_json
+from sam2pal.io.masks import decode_segmentation
 from sam2pal.io.outputs import OutputOptions, PredictionWriter
 from sam2pal.io.overlays import STRUCTURE_COLORS, overlay, structure_color
 from sam2pal.io.run_report import RunReport
@@ -141,8 +143,8 @@ def test_prediction_writer_files(run_folder: tuple[Path, dict, np.ndarray]) -> N
         "report.json",
     ]
     with Image.open(out_dir / "masks" / "beetle 1__eye.png") as png:
-        assert png.mode == "L" and png.size == (WIDTH, HEIGHT)
-        assert np.array_equal(np.asarray(png), masks[0].astype(np.uint8) * 255)
+        assert png.mode == "1" and png.size == (WIDTH, HEIGHT)  # 1-bit: small and fast at 24 MP
+        assert np.array_equal(np.asarray(png), masks[0])
     with Image.open(out_dir / "masks" / "beetle 1__fore_wing.png") as png:
         assert not np.asarray(png).any()
     with Image.open(out_dir / "overlays" / "beetle 1.jpg") as jpeg:
@@ -249,8 +251,46 @@ def test_masks_must_match_the_image(tmp_path: Path) -> None:
     writer = PredictionWriter(tmp_path, ["eye", "leg"], {})
     image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
 
-    with pytest.raises(ValueError, match=r"expected \(2, 48, 64\)"):
+    with pytest.raises(ValueError, match=r"1 masks for a.jpg, expected 2"):
         writer.add(Path("a.jpg"), image, np.zeros((1, HEIGHT, WIDTH), dtype=bool))
+    with pytest.raises(ValueError, match=r"a.jpg .* must share the image's size and proportions"):
+        writer.add(Path("a.jpg"), image, np.zeros((2, HEIGHT, HEIGHT), dtype=bool))
+
+
+def test_image_decoded_smaller_gives_a_review_size_overlay_and_full_size_masks(tmp_path: Path) -> None:
+    """The writer takes the photo as load_photo decodes it (smaller, same proportions) with
+    full-size masks: masks and COCO stay full size, the overlay is composited at review size."""
+    masks = np.zeros((1, 300, 400), dtype=bool)
+    masks[0, 100:200, 50:90] = True
+    preview = np.full((150, 200, 3), 90, dtype=np.uint8)
+    writer = PredictionWriter(tmp_path, ["eye"], {}, options=OutputOptions(overlay_size=100))
+    writer.add(Path("a.jpg"), preview, [BoxMask.from_dense(masks[0])])
+    writer.close()
+
+    with Image.open(tmp_path / "masks" / "a__eye.png") as png:
+        assert png.size == (400, 300) and np.array_equal(np.asarray(png), masks[0])
+    with Image.open(tmp_path / "overlays" / "a.jpg") as jpeg:
+        assert jpeg.size == (100, 75)
+        tinted = np.asarray(jpeg)[37, 17]  # the mask's centre at 1/4 scale
+    assert tinted[0] > tinted[1] + 30  # the first structure's colour is red
+    coco = json.loads((tmp_path / "predictions.json").read_text())
+    assert (coco["images"][0]["width"], coco["images"][0]["height"]) == (400, 300)
+    assert np.array_equal(decode_segmentation(coco["annotations"][0]["segmentation"], 300, 400), masks[0])
+
+
+def test_masks_none_writes_no_png_and_keeps_the_coco(tmp_path: Path) -> None:
+    masks = np.zeros((2, HEIGHT, WIDTH), dtype=bool)
+    masks[0, 3:9, 4:20] = True
+    writer = PredictionWriter(tmp_path, ["eye", "leg"], {}, options=OutputOptions(masks="none"))
+    writer.add(Path("a.jpg"), np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8), masks)
+    report = writer.close()
+
+    assert not (tmp_path / "masks").exists()
+    assert report["images"][0]["files"] == {"masks": {}, "overlay": "overlays/a.jpg"}
+    coco = json.loads((tmp_path / "predictions.json").read_text())
+    assert [a["area"] for a in coco["annotations"]] == [96]
+    with pytest.raises(SamPalError, match="--masks 'tif'"):
+        OutputOptions(masks="tif")
 
 
 def test_close_raises_when_predictions_do_not_decode_back(
@@ -259,7 +299,7 @@ def test_close_raises_when_predictions_do_not_decode_back(
     writer = PredictionWriter(tmp_path, ["eye"], {})
     masks = np.zeros((1, HEIGHT, WIDTH), dtype=bool)
     masks[0, :4, :4] = True
-    monkeypatch.setattr("sam2pal.io.outputs.mask_area", lambda mask: 17)
+    monkeypatch.setattr(BoxMask, "area", lambda self: 17)
     writer.add(Path("a.jpg"), np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8), masks)
 
     with pytest.raises(RuntimeError, match=r"annotation 1 decodes to 16 pixels, expected 17"):
@@ -323,6 +363,7 @@ def test_an_interrupted_run_is_completed(tmp_path: Path) -> None:
     interrupted = _writer(tmp_path)
     interrupted.add(Path("a.jpg"), IMAGE, _masks(1))
     interrupted.add(Path("b.jpg"), IMAGE, _masks(2))
+    interrupted.flush()  # both images' files and records reached the disk (they are written in the background)
     del interrupted  # killed before close(): no predictions.json, no report.json
     assert not (tmp_path / "predictions.json").exists()
 
@@ -487,6 +528,33 @@ def test_a_correction_reaches_every_file_and_survives_a_resumed_run(tmp_path: Pa
     assert np.array_equal(coco.annToMask(leg) > 0, fixed)
 
 
+def test_a_run_without_mask_pngs_is_corrected_from_its_records_at_review_size(tmp_path: Path) -> None:
+    """--masks none: the other structures come from the record's run lengths; the overlay is
+    redrawn at the run's overlay size from an image decoded at review size."""
+    masks = np.zeros((2, 300, 400), dtype=bool)
+    masks[0, 10:50, 10:50] = True
+    masks[1, 200:260, 300:380] = True
+    writer = PredictionWriter(tmp_path, ["eye", "leg"], {"parameters": {"overlay_size": 200}},
+                              options=OutputOptions(masks="none", overlay_size=200))
+    writer.add(Path("a.jpg"), np.full((150, 200, 3), 120, dtype=np.uint8), masks)
+    writer.close()
+    fixed = np.zeros((300, 400), dtype=bool)
+    fixed[100:150, 100:250] = True
+
+    replace_mask(tmp_path, "a.jpg", "leg", fixed, np.full((150, 200, 3), 120, dtype=np.uint8))
+
+    assert not (tmp_path / "masks").exists()
+    coco = json.loads((tmp_path / "predictions.json").read_text())
+    by_category = {a["category_id"]: decode_segmentation(a["segmentation"], 300, 400) for a in coco["annotations"]}
+    assert np.array_equal(by_category[1], masks[0]) and np.array_equal(by_category[2], fixed)
+    with Image.open(tmp_path / "overlays" / "a.jpg") as jpeg:
+        assert jpeg.size == (200, 150)
+        shown = np.asarray(jpeg).astype(int)
+    assert shown[62, 87, 1] > shown[62, 87, 0] + 30  # the leg (green) where it was drawn, at half scale
+    with pytest.raises(SamPalError, match=r"is \(150, 200\), the photo \(300, 400\)"):
+        replace_mask(tmp_path, "a.jpg", "leg", fixed[::2, ::2], np.zeros((150, 200, 3), dtype=np.uint8))
+
+
 def test_an_emptied_structure_loses_its_annotation_and_polygon_runs_stay_polygons(tmp_path: Path) -> None:
     writer = _writer(tmp_path, polygons=True)
     writer.add(Path("a.jpg"), IMAGE, _masks(1))
@@ -527,8 +595,8 @@ def test_a_correction_names_what_it_cannot_find(tmp_path: Path) -> None:
     with pytest.raises(SamPalError, match="predictions.json is missing"):
         replace_mask(tmp_path, "a.jpg", "eye", mask, IMAGE)
     (tmp_path / "predictions.json").write_bytes(before["predictions.json"])
-    (tmp_path / "masks" / "a__leg.png").unlink()
-    with pytest.raises(SamPalError, match="a__leg.png is missing"):
+    (tmp_path / ".records" / "a.json").unlink()
+    with pytest.raises(SamPalError, match="the record of a.jpg .* is missing"):
         replace_mask(tmp_path, "a.jpg", "eye", mask, IMAGE)
-    del before["masks/a__leg.png"]
+    del before[".records/a.json"]
     assert contents() == before  # checked before the first write: nothing half-updated

@@ -15,14 +15,15 @@ from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
-from sam2pal.engine.orientation import SEARCHES, orient, restore
+from sam2pal.engine.orientation import SEARCHES, orient, restore_box, turned_shape
 from sam2pal.engine.qc import QCConfig, StructureQC, TemplateTruth, assess, round_trip_iou
 from sam2pal.engine.tracking import Memory, TrackOutput, condition_on_mask, repeat_memory, select_rows, track
+from sam2pal.engine.upsample import box_masks
 from sam2pal.errors import SamPalError
-from sam2pal.io.images import load_image
+from sam2pal.io.boxmask import BoxMask
+from sam2pal.io.images import Photo, load_photo
 from sam2pal.io.templates import TemplateSet
 from sam2pal.model.build import LoadedModel
 
@@ -31,11 +32,16 @@ from sam2pal.model.build import LoadedModel
 class Prediction:
     """One specimen's result: full-resolution masks and a confidence per structure."""
 
-    masks: np.ndarray  # bool (K, H, W)
+    boxes: list[BoxMask]  # K masks at the photo's full size, each kept as its bounding box
     scores: list[float]  # the decoder's IoU estimate, 0 when the object score says absent
     object_scores: list[float]  # sigmoid of SAM2's object score
     qc: list[StructureQC] | None = None
     orientation: str = "rot0"
+
+    @property
+    def masks(self) -> np.ndarray:
+        """bool (K, H, W): the masks as full arrays (gigabytes for many structures on big photos)."""
+        return np.stack([box.dense() for box in self.boxes])
 
 
 def template_frame(encoder: Encoder, template_set: TemplateSet, index: int, cache: FeatureCache | None) -> Frame:
@@ -103,12 +109,8 @@ def _merge(parts: list[tuple[list[int], TrackOutput]], batch: int, count: int) -
 
 
 def full_resolution(low_res_logits: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """(K, 1, h, w) logits -> bool (K, H, W), one structure at a time to bound memory on huge images."""
-    masks = np.zeros((low_res_logits.shape[0], height, width), dtype=bool)
-    for k in range(low_res_logits.shape[0]):
-        logits = F.interpolate(low_res_logits[k : k + 1].float(), size=(height, width), mode="bilinear", align_corners=False)
-        masks[k] = (logits[0, 0] > 0).cpu().numpy()
-    return masks
+    """(K, 1, h, w) logits -> bool (K, H, W), as bilinear upsampling and > 0 give them."""
+    return np.stack([mask.dense() for mask in box_masks(low_res_logits, height, width)])
 
 
 class Propagator:
@@ -156,9 +158,14 @@ class Propagator:
         return segment_groups(self.encoder, frame, self.memories, self.groups, len(self.structures))
 
     @torch.no_grad()
-    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
-        """Every image in every searched orientation goes through one encoder batch."""
+    def predict(self, images: list[np.ndarray], shapes: list[tuple[int, int]] | None = None) -> list[Prediction]:
+        """Every image in every searched orientation goes through one encoder batch.
+
+        `shapes`: the (height, width) each image's masks are made at, when the image was decoded
+        smaller than the photo (`io.images.load_photo`); by default the image's own.
+        """
         count = len(self.structures)
+        shapes = shapes or [image.shape[:2] for image in images]
         turned = [orient(image, name) for image in images for name in self.orientations]
         frame = self.encoder.encode_images(turned)
         output = segment_groups(self.encoder, frame, self.memories, self.groups, count)
@@ -176,8 +183,8 @@ class Propagator:
                 choice = max(candidates, key=lambda v: _qc_score(qc[v]))
             name = self.orientations[choice - b * len(self.orientations)]
             rows = slice(choice * count, (choice + 1) * count)
-            height, width = turned[choice].shape[:2]
-            masks = restore(full_resolution(output.low_res_logits[rows], height, width), name)
+            height, width = turned_shape(shapes[b], name)
+            masks = [restore_box(mask, name) for mask in box_masks(output.low_res_logits[rows], height, width)]
             results.append(Prediction(masks, iou[rows].tolist(), present[rows].tolist(),
                                       qc[choice] if qc is not None else None, name))
         return results
@@ -192,28 +199,38 @@ def _qc_score(structures: list[StructureQC]) -> float:
 @dataclass
 class Loaded:
     path: Path
-    image: np.ndarray | None
+    photo: Photo | None
     error: str | None
 
 
-def _load(path: Path, max_pixels: int) -> Loaded:
+@dataclass(frozen=True)
+class Decoding:
+    """How specimen photos are decoded: no smaller than the model's input on the short side and
+    `review_side` on the long side (None: full size), and refused above `max_pixels`."""
+
+    min_side: int
+    review_side: int | None = 2048
+    max_pixels: int = 100_000_000
+
+
+def _load(path: Path, decoding: Decoding) -> Loaded:
     try:
-        return Loaded(path, load_image(path, max_pixels), None)
+        return Loaded(path, load_photo(path, decoding.min_side, decoding.review_side, decoding.max_pixels), None)
     except SamPalError as exc:
         return Loaded(path, None, str(exc))
 
 
-def prefetched_batches(paths: list[Path], batch_size: int, max_pixels: int) -> Iterator[list[Loaded]]:
+def prefetched_batches(paths: list[Path], batch_size: int, decoding: Decoding) -> Iterator[list[Loaded]]:
     """Decode the next batch in background threads while the model works on this one."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         batches = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
         ahead: list[Future] = []
         for index, batch in enumerate(batches):
             if index == 0:
-                ahead = [pool.submit(_load, p, max_pixels) for p in batch]
+                ahead = [pool.submit(_load, p, decoding) for p in batch]
             current = [future.result() for future in ahead]
             if index + 1 < len(batches):
-                ahead = [pool.submit(_load, p, max_pixels) for p in batches[index + 1]]
+                ahead = [pool.submit(_load, p, decoding) for p in batches[index + 1]]
             yield current
 
 
@@ -225,7 +242,7 @@ def predict_collection(
     paths: list[Path],
     writer,
     batch_size: int = 4,
-    max_pixels: int = 100_000_000,
+    decoding: Decoding | None = None,
     progress: ProgressFn | None = None,
 ) -> None:
     """Predict `paths` in batches and hand each result to `writer` as it comes.
@@ -233,19 +250,21 @@ def predict_collection(
     Memory stays bounded whatever the collection size: one batch is held at a time. A file that
     cannot be read is recorded as a failure and the batch goes on without it.
     """
+    decoding = decoding or Decoding(propagator.loaded.image_size)
     done = 0
-    for batch in prefetched_batches(paths, batch_size, max_pixels):
-        good = [item for item in batch if item.image is not None]
+    for batch in prefetched_batches(paths, batch_size, decoding):
+        good = [item for item in batch if item.photo is not None]
         for item in batch:
             if item.error is not None:
                 writer.add_failure(item.path, item.error)
         if good:
             start = time.perf_counter()
-            predictions = propagator.predict([item.image for item in good])
+            predictions = propagator.predict([item.photo.image for item in good],
+                                             [item.photo.full_shape for item in good])
             seconds = (time.perf_counter() - start) / len(good)
             for item, prediction in zip(good, predictions):
                 quality = [asdict(q) for q in prediction.qc] if prediction.qc is not None else None
-                writer.add(item.path, item.image, prediction.masks, prediction.scores, seconds,
+                writer.add(item.path, item.photo.image, prediction.boxes, prediction.scores, seconds,
                            quality=quality, orientation=prediction.orientation)
         done += len(batch)
         if progress is not None:

@@ -5,19 +5,40 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from sam2pal.errors import SamPalError
-from sam2pal.io.files import atomic_save_image, atomic_write_json, read_json_object, write_zip
-from sam2pal.io.masks import mask_polygons
-from sam2pal.io.outputs import mask_annotation, read_record
+from sam2pal.io.boxmask import BoxMask
+from sam2pal.io.files import atomic_save_image, atomic_write_bytes, atomic_write_json, read_json_object, write_zip
+from sam2pal.io.masks import decode_segmentation, mask_polygons
+from sam2pal.io.outputs import mask_annotation, mask_png, read_record
 from sam2pal.io.overlays import overlay
 from sam2pal.io.run_report import RECORDS_DIR, RunReport
 
 
+def _record_path(report: RunReport, entry: dict) -> Path:
+    return report.folder / RECORDS_DIR / f"{report.overlay_file(entry).stem}.json"
+
+
+def stored_masks(out_dir: str | Path, file_name: str) -> tuple[dict[str, np.ndarray], tuple[int, int]]:
+    """Every structure's mask of one segmented image as the run holds it now (corrections
+    included), from the image's record: the same run lengths as predictions.json, and there with
+    --masks none too. Returns the masks and the photo's (height, width)."""
+    report = RunReport.read(out_dir)
+    record = read_record(_record_path(report, report.entry(file_name)))
+    if record is None:
+        raise SamPalError(f"the record of {file_name} in {report.folder} is missing or damaged: "
+                          "run predict into that folder again")
+    shape = (record["height"], record["width"])
+    masks = {name: np.zeros(shape, dtype=bool) for name in report.structures}
+    for annotation in record["annotations"]:
+        masks[report.structures[annotation["category_id"] - 1]] = decode_segmentation(annotation["segmentation"], *shape)
+    return masks, shape
+
+
 def replace_mask(out_dir: str | Path, file_name: str, structure: str, mask: np.ndarray, image: np.ndarray) -> None:
-    """Write the correction everywhere the run wrote that mask: the PNG, the overlay, the image's
-    record (so a resumed run keeps it), predictions.json, report.json and results.zip if there is one.
+    """Write the correction everywhere the run wrote that mask: the PNG (if the run writes them),
+    the overlay, the image's record (so a resumed run keeps it), predictions.json, report.json and
+    results.zip if there is one. `image` may be decoded at review size; `mask` is full size.
 
     The structure loses its score and quality-check numbers and is marked `corrected`: a
     person has checked it, so it no longer pulls the image up the review order. Everything is
@@ -35,16 +56,11 @@ def replace_mask(out_dir: str | Path, file_name: str, structure: str, mask: np.n
     if structure not in structures:
         raise SamPalError(f"{structure!r} is not one of this run's structures: {', '.join(structures)}")
     mask = np.asarray(mask, dtype=bool)
-    if mask.shape != image.shape[:2]:
-        raise SamPalError(f"the corrected mask for {file_name} is {mask.shape}, the image {image.shape[:2]}; "
+    others, shape = stored_masks(out_dir, file_name)
+    if mask.shape != shape:
+        raise SamPalError(f"the corrected mask for {file_name} is {mask.shape}, the photo {shape}; "
                           "open the image from the gallery again")
     files = report.mask_files(file_name)
-    others = {}
-    for name in structures:
-        if name != structure:
-            if not files[name].is_file():
-                raise SamPalError(f"{files[name]} is missing: run predict into {report.folder} again")
-            others[name] = np.asarray(Image.open(files[name])) > 0
 
     category = structures.index(structure) + 1
     annotation = {**mask_annotation(category, mask), "corrected": True}
@@ -54,12 +70,14 @@ def replace_mask(out_dir: str | Path, file_name: str, structure: str, mask: np.n
         kept.append({"id": max((a["id"] for a in coco["annotations"]), default=0) + 1, "image_id": image_id,
                      **annotation, "segmentation": mask_polygons(mask) if report.polygons else annotation["segmentation"]})
     coco["annotations"] = kept
-    record_path = report.folder / RECORDS_DIR / f"{report.overlay_file(entry).stem}.json"
-    record = read_record(record_path)  # without one, a resumed run predicts the image again
+    record_path = _record_path(report, entry)
+    record = read_record(record_path)
+    overlay_size = coco.get("info", {}).get("parameters", {}).get("overlay_size")
 
-    atomic_save_image(files[structure], Image.fromarray(mask.astype(np.uint8) * 255))
+    if structure in files:
+        atomic_write_bytes(files[structure], mask_png(BoxMask.from_dense(mask)))
     masks = [mask if name == structure else others[name] for name in structures]
-    atomic_save_image(report.overlay_file(entry), overlay(image, masks, structures), quality=90)
+    atomic_save_image(report.overlay_file(entry), overlay(image, masks, structures, overlay_size), quality=90)
     if record is not None:
         record["report"] = entry
         record["annotations"] = [a for a in record["annotations"] if a["category_id"] != category]

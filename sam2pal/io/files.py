@@ -12,7 +12,9 @@ import os
 import re
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,30 @@ def write_zip(path: Path, folder: Path, names: list[str]) -> None:
         for name in names:
             compression = zipfile.ZIP_DEFLATED if name.endswith(".json") else zipfile.ZIP_STORED
             bundle.write(folder / name, name, compress_type=compression)
+
+
+class BackgroundWrites:
+    """Runs write tasks on worker threads so that encoding PNGs and JPEGs (PIL and zlib release
+    the GIL) overlaps the model's work. At most `ahead` tasks wait; a failed task's error comes
+    out of the next submit or of wait(), so a full disk still stops the run."""
+
+    def __init__(self, workers: int = 2, ahead: int = 4) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sam2pal-write")
+        self._pending: deque[Future] = deque()
+        self._ahead = ahead
+
+    def submit(self, task: Callable[[], None]) -> None:
+        while self._pending and (len(self._pending) >= self._ahead or self._pending[0].done()):
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(task))
+
+    def wait(self) -> None:
+        """Every task submitted so far has finished (the first error is raised)."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)

@@ -6,6 +6,7 @@ one-line SamPalError naming the file, so a batch run can report it and move on.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -209,6 +210,50 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.nda
     rgb = _to_rgb(open_image(path, max_pixels), path)
     # Arrays viewed from PIL's buffer are read-only; callers may draw on or normalise in place.
     return rgb if rgb.flags.writeable else rgb.copy()
+
+
+@dataclass
+class Photo:
+    """A photo decoded no larger than its uses need, and the size of the whole photo."""
+
+    image: np.ndarray  # H×W×3 uint8 RGB, upright, at `scale` of the full photo
+    size: tuple[int, int]  # (width, height) of the full upright photo: masks are made at this size
+
+    @property
+    def full_shape(self) -> tuple[int, int]:
+        return self.size[1], self.size[0]
+
+
+def working_scale(size: tuple[int, int], min_side: int, review_side: int | None) -> float:
+    """Largest reduction that keeps the short side >= min_side (the model's input) and the long
+    side >= review_side (overlays, the editor); 1.0 when review_side is None (full size asked)."""
+    if review_side is None:
+        return 1.0
+    short, long = min(size), max(size)
+    return min(1.0, max(min_side / short, review_side / long))
+
+
+def load_photo(path: str | Path, min_side: int, review_side: int | None,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Photo:
+    """The photo at `working_scale`: a JPEG is decoded straight at a DCT scale (1/2, 1/4, 1/8)
+    at least that large, then every format is resized to the scale, so a 24 MP photo never
+    stays in memory at full size. EXIF orientation and the pixel cap as in load_image."""
+    path = Path(path)
+    with _without_pil_bomb_check(), _open_header(path) as image:
+        _check_pixel_cap(path, image, max_pixels)
+        size = ImageHeader(raw_size=image.size, orientation=_orientation(image)).size
+        scale = working_scale(size, min_side, review_side)
+        target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+        if scale < 1.0 and image.format == "JPEG":
+            raw = image.size
+            image.draft(image.mode, (math.ceil(raw[0] * scale), math.ceil(raw[1] * scale)))
+        _decode(path, image, upright=True)
+        if image.size != target and image.mode == "RGB":  # other modes after conversion
+            image = image.resize(target, Image.BILINEAR, reducing_gap=2.0)
+        rgb = _to_rgb(image, path)
+    if rgb.shape[1::-1] != target:
+        rgb = np.asarray(Image.fromarray(rgb).resize(target, Image.BILINEAR, reducing_gap=2.0))
+    return Photo(rgb if rgb.flags.writeable else rgb.copy(), size)
 
 
 def image_header(path: str | Path) -> ImageHeader:

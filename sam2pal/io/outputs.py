@@ -11,24 +11,26 @@ import contextlib
 import io
 import json
 import shutil
-import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 from sam2pal.errors import SamPalError
+from sam2pal.io.boxmask import BoxMask
 from sam2pal.io.files import (
+    BackgroundWrites,
     atomic_save_image,
+    atomic_write_bytes,
     atomic_write_json,
     read_json_object,
     safe_file_names,
     write_zip,
 )
-from sam2pal.io.masks import decode_segmentation, encode_rle, mask_area, mask_bbox, mask_polygons
+from sam2pal.io.masks import decode_segmentation, mask_polygons
 from sam2pal.io.overlays import overlay
 from sam2pal.io.run_report import (
     PREDICTIONS_NAME,
@@ -50,6 +52,33 @@ class OutputOptions:
     polygons: bool = False  # COCO polygons instead of RLE, for tools that only read polygons
     zip: bool = False  # also bundle everything into OUT/results.zip
     overwrite: bool = False  # forget an earlier run in OUT instead of completing it
+    masks: str = "png"  # "png": a 1-bit PNG per structure; "none": the COCO file holds the masks
+    overlay_size: int | None = 2048  # long side of the overlays; None: the photo's full size
+
+    def __post_init__(self) -> None:
+        if self.masks not in MASK_FORMATS:
+            raise SamPalError(f"--masks {self.masks!r}: use one of {', '.join(MASK_FORMATS)}")
+        if self.overlay_size is not None and self.overlay_size < 64:
+            raise SamPalError(f"--overlay-size {self.overlay_size}: use at least 64 (pixels), or full")
+
+
+MASK_FORMATS = ("png", "none")
+
+
+def mask_png(mask: BoxMask) -> bytes:
+    """The structure's 1-bit PNG: light compression, it is written for every structure of every photo."""
+    buffer = io.BytesIO()
+    mask.image().save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _same_proportions(image: tuple[int, int], full: tuple[int, int]) -> bool:
+    """Whether `image` is `full` scaled down (each side rounded), as io.images.load_photo decodes."""
+    if image == full:
+        return True
+    scale = max(image) / max(full)
+    return image[0] <= full[0] and image[1] <= full[1] and all(
+        abs(side - other * scale) <= 1.5 for side, other in zip(image, full))
 
 
 def read_record(path: Path) -> dict | None:
@@ -62,10 +91,37 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
-def mask_annotation(category_id: int, mask: np.ndarray) -> dict:
+def mask_annotation(category_id: int, mask: BoxMask | np.ndarray) -> dict:
     """A COCO annotation of one structure's mask (RLE; the writer turns it into polygons if asked)."""
-    return {"category_id": category_id, "segmentation": encode_rle(mask), "area": mask_area(mask),
-            "bbox": mask_bbox(mask), "iscrowd": 0}
+    box = mask if isinstance(mask, BoxMask) else BoxMask.from_dense(mask)
+    return {"category_id": category_id, "segmentation": box.rle(), "area": box.area(),
+            "bbox": box.bbox(), "iscrowd": 0}
+
+
+def check_coco_file(path: Path) -> None:
+    """Reload with pycocotools and measure every mask: what we hand over must open elsewhere.
+
+    pycocotools parses each segmentation (RLE string, or polygons rasterised to RLE) in C and
+    counts its pixels without building the H×W array: RLE must give back exactly `area`
+    pixels, polygons at least that many (they fill holes).
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(str(path))
+    for annotation in coco.dataset["annotations"]:
+        image = coco.imgs[annotation["image_id"]]
+        rle = coco.annToRLE(annotation)
+        if list(rle["size"]) != [image["height"], image["width"]]:
+            raise RuntimeError(
+                f"{path}: annotation {annotation['id']} has size {list(rle['size'])}, "
+                f"expected {[image['height'], image['width']]}"
+            )
+        pixels = int(coco_mask.area(rle))
+        polygons = isinstance(annotation["segmentation"], list)
+        if pixels < annotation["area"] or (pixels != annotation["area"] and not polygons):
+            raise RuntimeError(
+                f"{path}: annotation {annotation['id']} decodes to {pixels} "
+                f"pixels, expected {annotation['area']}"
+            )
 
 
 class PredictionWriter:
@@ -106,7 +162,9 @@ class PredictionWriter:
         }
         self._current: list[dict] = []
         self._notes: list[dict] = []
-        (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
+        self._writes = BackgroundWrites()
+        if self.options.masks == "png":
+            (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
         (self.out_dir / "overlays").mkdir(parents=True, exist_ok=True)
 
     def _forget_earlier_run(self) -> None:
@@ -176,51 +234,47 @@ class PredictionWriter:
         self,
         image_path: Path,
         image: np.ndarray,
-        masks: np.ndarray,
+        masks: list[BoxMask] | np.ndarray,
         scores: list[float] | None = None,
         seconds: float | None = None,
         quality: list[dict] | None = None,
         orientation: str | None = None,
     ) -> None:
-        """Write this image's mask PNGs, overlay and record now; the COCO file comes at close().
+        """Queue this image's mask PNGs, overlay and record; the COCO file comes at close().
 
-        `quality` holds one quality-check dict per structure (round_trip_iou, confidence,
-        area_ratio, flags); it goes into the report and onto each COCO annotation as `qc_*`
-        fields, so a reviewer (or another tool) can sort by it.
+        `masks` are at the photo's full size; `image` may be decoded smaller (same proportions),
+        the overlay is made at review size from it. `quality` holds one quality-check dict per
+        structure (round_trip_iou, confidence, area_ratio, flags); it goes into the report and
+        onto each COCO annotation as `qc_*` fields, so a reviewer (or another tool) can sort by it.
         """
         image_path = Path(image_path)
-        height, width = image.shape[:2]
-        masks = np.asarray(masks, dtype=bool)
-        if masks.shape != (len(self.structures), height, width):
-            raise ValueError(
-                f"masks for {image_path.name} have shape {masks.shape}, expected "
-                f"{(len(self.structures), height, width)}"
-            )
+        boxes = [mask if isinstance(mask, BoxMask) else BoxMask.from_dense(mask) for mask in masks]
+        if len(boxes) != len(self.structures):
+            raise ValueError(f"{len(boxes)} masks for {image_path.name}, expected {len(self.structures)}")
+        height, width = boxes[0].shape
+        if any(box.shape != (height, width) for box in boxes) or not _same_proportions(image.shape[:2], (height, width)):
+            raise ValueError(f"masks for {image_path.name} have shapes {sorted({box.shape for box in boxes})}, "
+                             f"the image {image.shape[:2]}: they must share the image's size and proportions")
         if scores is not None and len(scores) != len(self.structures):
             raise ValueError(f"{len(scores)} scores for {len(self.structures)} structures")
         if quality is not None and len(quality) != len(self.structures):
             raise ValueError(f"{len(quality)} quality checks for {len(self.structures)} structures")
 
         stem = self._output_stem(image_path)
-        files = [f"masks/{stem}__{file_name}.png" for file_name in self._file_names]
-        for mask, name in zip(masks, files):
-            atomic_save_image(self.out_dir / name, Image.fromarray(mask.astype(np.uint8) * 255))
-        files.append(f"overlays/{stem}.jpg")
-        atomic_save_image(
-            self.out_dir / files[-1], overlay(image, list(masks), self.structures), quality=90
-        )
+        mask_files = [f"masks/{stem}__{file_name}.png" for file_name in self._file_names] if self.options.masks == "png" else []
+        overlay_file = f"overlays/{stem}.jpg"
 
         per_structure: dict[str, dict] = {}
         annotations: list[dict] = []
-        for index, (name, mask) in enumerate(zip(self.structures, masks)):
+        for index, (name, box) in enumerate(zip(self.structures, boxes)):
             score = None if scores is None else float(scores[index])
-            area = mask_area(mask)
+            area = box.area()
             per_structure[name] = {"area": area, "score": score}
             if quality is not None:
                 per_structure[name]["qc"] = quality[index]
             if area == 0:
                 continue
-            annotation = mask_annotation(index + 1, mask)
+            annotation = mask_annotation(index + 1, box)
             if score is not None:
                 annotation["score"] = score
             if quality is not None:
@@ -236,15 +290,27 @@ class PredictionWriter:
                 "structures": per_structure,
                 **review_fields(quality, orientation),
                 # names as written (cleaned, made unique), so nobody has to rebuild them
-                "files": {"masks": dict(zip(self.structures, files)), "overlay": files[-1]},
+                "files": {"masks": dict(zip(self.structures, mask_files)), "overlay": overlay_file},
             },
             "width": width,
             "height": height,
             "annotations": annotations,
         }
-        atomic_write_json(self._records_dir / f"{stem}.json", record)  # last: the image is done
+
+        def write() -> None:
+            for box, name in zip(boxes, mask_files):
+                atomic_write_bytes(self.out_dir / name, mask_png(box))
+            picture = overlay(image, boxes, self.structures, self.options.overlay_size)
+            atomic_save_image(self.out_dir / overlay_file, picture, quality=90)
+            atomic_write_json(self._records_dir / f"{stem}.json", record)  # last: the image is done
+
+        self._writes.submit(write)
         self._earlier.pop(stem, None)
         self._current.append(record)
+
+    def flush(self) -> None:
+        """Every image added so far is on disk (files are written in the background)."""
+        self._writes.wait()
 
     def add_failure(self, image_path: Path, error: str) -> None:
         """Record an image that could not be processed, so the report lists it (a later run
@@ -313,40 +379,15 @@ class PredictionWriter:
             ],
         }
 
-    def _check_predictions(self, path: Path) -> None:
-        """Reload with pycocotools and decode every mask: what we hand over must open elsewhere.
-
-        RLE must give back exactly `area` pixels; polygons at least that many (they fill holes).
-        """
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(path))
-        for annotation in coco.dataset["annotations"]:
-            image = coco.imgs[annotation["image_id"]]
-            with warnings.catch_warnings():
-                # pycocotools' decode trips numpy 2's copy=False deprecation on every call.
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module="pycocotools")
-                mask = coco.annToMask(annotation)
-            if mask.shape != (image["height"], image["width"]):
-                raise RuntimeError(
-                    f"{path}: annotation {annotation['id']} decodes to shape {mask.shape}, "
-                    f"expected {(image['height'], image['width'])}"
-                )
-            pixels = int(mask.sum())
-            polygons = isinstance(annotation["segmentation"], list)
-            if pixels < annotation["area"] or (pixels != annotation["area"] and not polygons):
-                raise RuntimeError(
-                    f"{path}: annotation {annotation['id']} decodes to {pixels} "
-                    f"pixels, expected {annotation['area']}"
-                )
-
     def close(self) -> dict:
         """Write predictions.json and report.json (and the zip), verify the COCO file, return
         the report."""
+        self._writes.close()
         records = list(self._earlier.values()) + self._current
         done = [record for record in records if record["report"]["status"] == "ok"]
         predictions_path = self.out_dir / PREDICTIONS_NAME
         atomic_write_json(predictions_path, self._coco(done))
-        self._check_predictions(predictions_path)
+        check_coco_file(predictions_path)
         report = RunReport.build(self.out_dir, self.info.get("model_description"), self.structures,
                                  self.options.polygons, [record["report"] for record in records], self._notes,
                                  len(self._earlier))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sam2pal.io.boxmask import BoxMask
+
 STRUCTURE_COLORS: list[tuple[int, int, int]] = [
     (230, 25, 75),
     (60, 180, 75),
@@ -72,30 +74,44 @@ def _draw_legend(canvas: Image.Image, names: list[str]) -> None:
     canvas.paste(Image.alpha_composite(box, layer).convert("RGB"), (0, 0))
 
 
-def overlay(image: np.ndarray, masks: list[np.ndarray], names: list[str]) -> Image.Image:
-    """The photo with each structure tinted and outlined in its colour, plus a legend."""
+def review_shape(shape: tuple[int, int], long_side: int | None) -> tuple[int, int]:
+    """(height, width) of an overlay of a photo of `shape` whose long side is at most `long_side`
+    (None: full size)."""
+    height, width = shape
+    if long_side is None or max(height, width) <= long_side:
+        return height, width
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def overlay(image: np.ndarray, masks: list[BoxMask | np.ndarray], names: list[str],
+            long_side: int | None = None) -> Image.Image:
+    """The photo with each structure tinted and outlined in its colour, plus a legend.
+
+    Composited at review size (long side at most `long_side`, None: the masks' full size): the
+    image may come decoded smaller than the masks, and each mask is scaled within its box only.
+    """
     if len(masks) != len(names):
         raise ValueError(f"{len(masks)} masks but {len(names)} names")
-    height, width = image.shape[:2]
-    thickness = max(1, round(min(height, width) / 400))
-    # Pasting a colour through an L mask blends in C; numpy fancy indexing took seconds at 24 MP.
+    boxes = [mask if isinstance(mask, BoxMask) else BoxMask.from_dense(mask) for mask in masks]
+    full = boxes[0].shape if boxes else image.shape[:2]
+    for name, box in zip(names, boxes):
+        if box.shape != full:
+            raise ValueError(f"mask {name!r} is {box.shape}, the other masks {full}")
+    height, width = review_shape(full, long_side)
     canvas = Image.fromarray(np.asarray(image, dtype=np.uint8))  # a copy: RGB is never shared
-    for index, mask in enumerate(masks):
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != (height, width):
-            raise ValueError(f"mask {names[index]!r} is {mask.shape}, image is {(height, width)}")
-        rows = np.flatnonzero(np.any(mask, axis=1))
-        if rows.size == 0:
+    if canvas.size != (width, height):
+        canvas = canvas.resize((width, height), Image.BILINEAR, reducing_gap=2.0)
+    # Pasting a colour through an L mask blends in C; numpy fancy indexing took seconds at 24 MP.
+    thickness = max(1, round(min(height, width) / 400))
+    for index, box in enumerate(boxes):
+        box = box.scaled(height, width)
+        if box.crop.size == 0:
             continue
-        cols = np.flatnonzero(np.any(mask, axis=0))
-        # Work on the bounding box only: structures are usually small parts of big photos.
-        crop = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        corner = (int(cols[0]), int(rows[0]))
+        corner = (box.left, box.top)
         color = structure_color(index)
-        tint = Image.fromarray(crop.astype(np.uint8) * _TINT_LEVEL)
-        canvas.paste(color, corner, tint)
-        edge = Image.fromarray(_outline(crop, thickness).astype(np.uint8) * 255)
-        canvas.paste(color, corner, edge)
+        canvas.paste(color, corner, Image.fromarray(box.crop.astype(np.uint8) * _TINT_LEVEL))
+        canvas.paste(color, corner, Image.fromarray(_outline(box.crop, thickness).astype(np.uint8) * 255))
     if names:
         _draw_legend(canvas, names)
     return canvas

@@ -18,13 +18,14 @@ from PIL import Image
 
 from backends.base import Backend
 from sam2pal.errors import SamPalError
-from sam2pal.io.corrections import replace_mask
-from sam2pal.io.images import load_image
+from sam2pal.io.corrections import replace_mask, stored_masks
+from sam2pal.io.images import load_photo
 from sam2pal.io.overlays import structure_color
 from sam2pal.jobs import JobSpec, JobStatus, check_client_request
 from sam2pal.synthetic import TRAINED_ON
 from sam2pal.ui.editing import (
     CLICK_MAX_SIDE,
+    EDITOR_MAX_SIDE,
     corrected,
     editor_image,
     layer_masks,
@@ -33,7 +34,7 @@ from sam2pal.ui.editing import (
     tinted,
     with_points,
 )
-from sam2pal.ui.review import clicked_file, mask_files, predicted_mask, ranking
+from sam2pal.ui.review import clicked_file, ranking, run_folder
 from sam2pal.ui.workspace import Limits, Workspace, Workspaces
 
 EXAMPLE_SEED = 1000  # the example collection: an evaluation seed of its own (never pretrained on)
@@ -360,8 +361,8 @@ class SamPalApp:
                            image: np.ndarray | None = None):
         structure = structure or ws.structures[0]
         try:
-            image = load_image(ws.specimen_path(file_name)) if image is None else image
-            mask = predicted_mask(mask_files(status, file_name)[self._structure(ws, structure)], image.shape[:2])
+            image = self._review_image(ws, file_name) if image is None else image
+            mask = stored_masks(run_folder(status), file_name)[0][self._structure(ws, structure)]
         except SamPalError as exc:
             raise _error(exc) from exc
         background = tinted(image, mask, ws.structures.index(structure))
@@ -369,6 +370,11 @@ class SamPalApp:
         editor = gr.ImageEditor(value=value, layers=gr.LayerOptions(layers=["add", "remove"], allow_additional_layers=False),
                                 brush=gr.Brush(colors=["#00c000", "#e00000"], color_mode="fixed"))
         return editor, gr.Dropdown(choices=ws.structures, value=structure)
+
+    @staticmethod
+    def _review_image(ws: Workspace, file_name: str) -> np.ndarray:
+        """The specimen decoded at the editor's size: the browser gets no more, masks stay full size."""
+        return load_photo(ws.specimen_path(file_name), 0, EDITOR_MAX_SIDE).image
 
     @staticmethod
     def _structure(ws: Workspace, structure: str) -> str:
@@ -391,21 +397,21 @@ class SamPalApp:
         if not file_name or not structure or status is None:
             raise gr.Error("Open a specimen from the gallery first.")
         try:
-            image = load_image(ws.specimen_path(file_name))
-            files = mask_files(status, file_name)
-            predicted = predicted_mask(files[self._structure(ws, structure)], image.shape[:2])
+            image = self._review_image(ws, file_name)
+            stored = stored_masks(run_folder(status), file_name)[0]
+            predicted = stored[self._structure(ws, structure)]
             mask = corrected(predicted, value)
         except SamPalError as exc:
             raise _error(exc) from exc
         try:
-            replace_mask(Path(status.files["report"]).parent, file_name, structure, mask, image)
+            replace_mask(run_folder(status), file_name, structure, mask, image)
         except SamPalError as exc:
             raise _error(exc) from exc
         note = f"{file_name}: {structure} corrected ({int(mask.sum())} px)."
         if to_templates:
             (added,) = ws.add_template_images([str(ws.specimen_path(file_name))])
             for name in ws.structures:
-                ws.set_mask(added, name, mask if name == structure else predicted_mask(files[name], image.shape[:2]))
+                ws.set_mask(added, name, mask if name == structure else stored[name])
             note += " Added to the templates for the next round."
         return note, *self._correction_editor(ws, status, file_name, structure, image)
 

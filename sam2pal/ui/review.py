@@ -5,9 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
-from PIL import Image
-
 from sam2pal.io.run_report import RunReport
 from sam2pal.jobs import JobStatus
 
@@ -51,10 +48,5 @@ def structure_quality(structure: dict) -> float:
     return float(value) if value is not None else 0.0
 
 
-def mask_files(status: JobStatus, file_name: str) -> dict[str, Path]:
-    """The mask PNG the writer made for each structure of this image (names cleaned and unique)."""
-    return RunReport.read(Path(status.files["report"]).parent).mask_files(file_name)
-
-
-def predicted_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    return np.asarray(Image.open(path)) > 0 if path.is_file() else np.zeros(shape, dtype=bool)
+def run_folder(status: JobStatus) -> Path:
+    return Path(status.files["report"]).parent
