@@ -99,6 +99,13 @@ def _sync(device: torch.device) -> None:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Linux keeps ru_maxrss across fork and exec, so a spawned
+    child would report its parent's peak; /proc's VmHWM belongs to the child's address space."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from fractions import Fraction
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from sam2pal.engine import upsample
 from sam2pal.engine.orientation import SEARCHES, orient, restore, restore_box, turned_shape
 from sam2pal.engine.upsample import box_masks
+from sam2pal.io import bilevel_png
 from sam2pal.io.boxmask import BoxMask
 from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
 
@@ -117,6 +119,26 @@ def test_box_mask_gives_what_the_dense_mask_gives() -> None:
     assert empty.rot90(1).shape == (53, 37) and empty.rot90(1).area() == 0
 
 
+def test_a_mask_made_of_column_runs_behaves_as_the_same_mask_made_of_pixels() -> None:
+    """Upsampling hands back runs; everything computed from them matches the pixel form."""
+    dense = _random_mask(37, 53, seed=3)
+    pixels = BoxMask.from_dense(dense)
+    runs = BoxMask(37, 53, runs=pixels.column_runs())
+
+    assert np.array_equal(runs.dense(), dense) and np.array_equal(runs.crop, pixels.crop)
+    assert runs.rle() == pixels.rle() == encode_rle(dense)
+    assert runs.area() == pixels.area() and runs.bbox() == pixels.bbox()
+    assert np.array_equal(np.asarray(runs.image()), dense)
+    rows = np.minimum(((np.arange(12) + 0.5) * 37 / 12).astype(int), 36)
+    cols = np.minimum(((np.arange(17) + 0.5) * 53 / 17).astype(int), 52)
+    for mask in (runs, pixels):  # nearest: each preview pixel is the full-size pixel under its centre
+        assert np.array_equal(mask.scaled(12, 17).dense(), dense[np.ix_(rows, cols)])
+    for turns in range(4):
+        assert np.array_equal(runs.rot90(turns).dense(), np.rot90(dense, turns))
+    with pytest.raises(ValueError, match="exactly one"):
+        BoxMask(37, 53)
+
+
 def test_box_mask_scaled_keeps_the_structure_where_it_is() -> None:
     dense = np.zeros((400, 600), dtype=bool)
     dense[100:200, 300:360] = True
@@ -133,3 +155,14 @@ def test_restoring_a_box_mask_equals_restoring_the_dense_mask(name: str) -> None
     turned = BoxMask.from_dense(dense)
     assert np.array_equal(restore_box(turned, name).dense(), restore(dense[None], name)[0])
     assert turned_shape((31, 44), name) == orient(dense, name).shape
+
+
+@pytest.mark.parametrize(("height", "width", "top", "left"), [(37, 53, 3, 5), (16, 64, 0, 0), (9, 13, 8, 12), (5, 7, 0, 0)])
+def test_bilevel_png_opens_as_the_mask_in_pil(height: int, width: int, top: int, left: int) -> None:
+    dense = np.zeros((height, width), dtype=bool)
+    dense[top:, left:] = np.random.default_rng(height).random((height - top, width - left)) > 0.5
+    data = bilevel_png.encode(BoxMask.from_dense(dense))
+    with Image.open(io.BytesIO(data)) as png:
+        png.load()
+        assert (png.format, png.mode, png.size) == ("PNG", "1", (width, height))
+        assert np.array_equal(np.asarray(png), dense)

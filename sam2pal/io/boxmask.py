@@ -2,7 +2,10 @@
 
 A structure covers a small part of a big photo, so every output (COCO run lengths, area, box,
 the 1-bit PNG, a review-size preview) is computed from the box alone; the full H×W array is only
-built when a caller asks for `dense()`.
+built when a caller asks for `dense()`. A mask comes either as the box's pixels (`crop`) or as
+the runs of set rows down each column of the box (what upsampling finds), and each form is built
+from the other only when a use needs it: COCO run lengths, area, box and previews come straight
+from runs, so a speckled mask over a whole 24 MP photo never has its 24 M pixels visited for them.
 """
 
 from __future__ import annotations
@@ -15,32 +18,93 @@ from pycocotools import mask as coco_mask
 
 
 @dataclass(frozen=True)
+class ColumnRuns:
+    """Set pixels as runs: rows [begin, end) of column `column`, sorted by column, then row."""
+
+    column: np.ndarray  # int (n,)
+    begin: np.ndarray  # int (n,)
+    end: np.ndarray  # int (n,), > begin
+
+
+_NO_RUNS = ColumnRuns(*(np.zeros(0, dtype=np.int64) for _ in range(3)))
+
+
+def _alternating_lengths(starts: np.ndarray, ends: np.ndarray, total: int) -> np.ndarray:
+    """Background, foreground, background… lengths of a flat run of `total` pixels whose set
+    pixels are [starts[i], ends[i]), sorted; the last is the (possibly empty) background after."""
+    lengths = np.empty(2 * starts.size + 1, dtype=np.int64)
+    lengths[0] = starts[0]
+    lengths[1:-1:2] = ends - starts
+    lengths[2:-1:2] = starts[1:] - ends[:-1]
+    lengths[-1] = total - ends[-1]
+    return lengths
+
+
 class BoxMask:
     """mask[top:top+h, left:left+w] == crop, False elsewhere; an empty mask has a 0×0 crop."""
 
-    height: int
-    width: int
-    top: int
-    left: int
-    crop: np.ndarray  # bool (h, w)
+    def __init__(self, height: int, width: int, top: int = 0, left: int = 0, crop: np.ndarray | None = None,
+                 runs: ColumnRuns | None = None) -> None:
+        if (crop is None) == (runs is None):
+            raise ValueError("a BoxMask is made from its crop or from its runs, exactly one")
+        self.height, self.width = int(height), int(width)
+        if runs is not None:
+            if runs.column.size == 0:
+                top, left, crop, runs = 0, 0, np.zeros((0, 0), dtype=bool), None
+            else:  # the runs' own box
+                top, left = int(runs.begin.min()), int(runs.column[0])
+                self._shape = (int(runs.end.max()) - top, int(runs.column[-1]) + 1 - left)
+        self.top, self.left = int(top), int(left)
+        self._runs = runs
+        self._crop = None if crop is None else np.asarray(crop, dtype=bool)
+        if self._crop is not None:
+            self._shape = self._crop.shape
 
     @classmethod
     def empty(cls, height: int, width: int) -> "BoxMask":
-        return cls(height, width, 0, 0, np.zeros((0, 0), dtype=bool))
+        return cls(height, width, crop=np.zeros((0, 0), dtype=bool))
 
     @classmethod
     def from_dense(cls, mask: np.ndarray) -> "BoxMask":
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim != 2:
             raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
-        return cls(mask.shape[0], mask.shape[1], 0, 0, mask).tight()
+        return cls(mask.shape[0], mask.shape[1], crop=mask).tight()
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.height, self.width
 
+    @property
+    def crop(self) -> np.ndarray:
+        """The box's pixels. Built from the runs each time they are asked for (the runs' lengths
+        expanded down the box's columns, then turned to rows) and not kept: a speckled mask over a
+        24 MP photo is 24 MB of pixels, and writer threads hold several masks at once."""
+        if self._crop is not None:
+            return self._crop
+        runs, (rows, cols) = self._runs, self._shape
+        local = (runs.column.astype(np.int64) - self.left) * rows - self.top
+        lengths = _alternating_lengths(local + runs.begin, local + runs.end, rows * cols)
+        values = np.arange(lengths.size) % 2 == 1
+        return np.ascontiguousarray(np.repeat(values, lengths).reshape(cols, rows).T)
+
+    def column_runs(self) -> ColumnRuns:
+        """The set pixels as runs down the columns, in full-image rows and columns."""
+        if self._runs is not None:
+            return self._runs
+        if self.crop.size == 0:
+            return _NO_RUNS
+        padded = np.zeros((self.crop.shape[0] + 2, self.crop.shape[1]), dtype=np.int8)
+        padded[1:-1] = self.crop
+        steps = np.diff(padded, axis=0).T  # (w, h + 1): +1 where a run starts in a column, -1 after it ends
+        cols, begin = np.nonzero(steps == 1)
+        end = np.nonzero(steps == -1)[1]
+        return ColumnRuns(cols + self.left, begin + self.top, end + self.top)
+
     def tight(self) -> "BoxMask":
         """The same mask with its box shrunk to the pixels that are set."""
+        if self._runs is not None:
+            return self
         rows = np.flatnonzero(self.crop.any(axis=1)) if self.crop.size else np.zeros(0, dtype=int)
         if rows.size == 0:
             return BoxMask.empty(self.height, self.width)
@@ -50,42 +114,36 @@ class BoxMask:
 
     def dense(self) -> np.ndarray:
         out = np.zeros(self.shape, dtype=bool)
-        out[self.top : self.top + self.crop.shape[0], self.left : self.left + self.crop.shape[1]] = self.crop
+        crop = self.crop
+        out[self.top : self.top + crop.shape[0], self.left : self.left + crop.shape[1]] = crop
         return out
 
     def area(self) -> int:
+        if self._runs is not None:
+            return int((self._runs.end - self._runs.begin).sum())
         return int(np.count_nonzero(self.crop))
 
     def bbox(self) -> list[float]:
         """COCO [x, y, w, h] of the set pixels, [0, 0, 0, 0] when there are none."""
         tight = self.tight()
-        if tight.crop.size == 0:
+        if tight._shape[0] * tight._shape[1] == 0:
             return [0.0, 0.0, 0.0, 0.0]
-        return [float(tight.left), float(tight.top), float(tight.crop.shape[1]), float(tight.crop.shape[0])]
+        return [float(tight.left), float(tight.top), float(tight._shape[1]), float(tight._shape[0])]
 
     def runs(self) -> list[int]:
         """COCO's uncompressed run lengths (down the columns, background first), as
         pycocotools.mask.encode of the dense mask gives them."""
         total = self.height * self.width
-        tight = self.tight()
-        if tight.crop.size == 0:
+        found = self.column_runs()
+        if found.column.size == 0:
             return [total]
-        padded = np.zeros((tight.crop.shape[0] + 2, tight.crop.shape[1]), dtype=np.int8)
-        padded[1:-1] = tight.crop
-        steps = np.diff(padded, axis=0).T  # (w, h + 1): +1 where a run starts in a column, -1 after it ends
-        cols, rows = np.nonzero(steps == 1)
-        starts = (tight.left + cols) * self.height + tight.top + rows
-        cols, rows = np.nonzero(steps == -1)
-        ends = (tight.left + cols) * self.height + tight.top + rows
-        joined = ends[:-1] == starts[1:]  # a run down the last row goes on at the top of the next column
+        starts = found.column.astype(np.int64) * self.height + found.begin
+        ends = found.column.astype(np.int64) * self.height + found.end
+        joined = ends[:-1] == starts[1:]  # runs that touch (down a row boundary or into the next column)
         starts = np.concatenate([starts[:1], starts[1:][~joined]])
         ends = np.concatenate([ends[:-1][~joined], ends[-1:]])
-        counts = np.empty(2 * starts.size, dtype=np.int64)
-        counts[0] = starts[0]
-        counts[2::2] = starts[1:] - ends[:-1]
-        counts[1::2] = ends - starts
-        tail = [total - int(ends[-1])] if ends[-1] < total else []
-        return counts.tolist() + tail
+        counts = _alternating_lengths(starts, ends, total)
+        return counts[:-1].tolist() if counts[-1] == 0 else counts.tolist()
 
     def rle(self) -> dict:
         """COCO compressed RLE with str counts, equal to `io.masks.encode_rle(self.dense())`."""
@@ -95,30 +153,39 @@ class BoxMask:
     def image(self) -> Image.Image:
         """The mask as a full-size 1-bit image (PNG writes it small and fast)."""
         canvas = Image.new("1", (self.width, self.height), 0)
-        if self.crop.size:
-            canvas.paste(Image.fromarray(self.crop), (self.left, self.top))
+        crop = self.crop
+        if crop.size:
+            canvas.paste(Image.fromarray(crop), (self.left, self.top))
         return canvas
 
     def scaled(self, height: int, width: int) -> "BoxMask":
-        """The mask at another size (nearest pixel), for previews; only the box is resampled."""
-        tight = self.tight()
-        if (height, width) == self.shape or tight.crop.size == 0:
-            return tight if (height, width) == self.shape else BoxMask.empty(height, width)
-        sy, sx = height / self.height, width / self.width
-        top, left = int(tight.top * sy), int(tight.left * sx)
-        bottom = min(height, max(top + 1, round((tight.top + tight.crop.shape[0]) * sy)))
-        right = min(width, max(left + 1, round((tight.left + tight.crop.shape[1]) * sx)))
-        crop = Image.fromarray(tight.crop).resize((right - left, bottom - top), Image.NEAREST)
-        return BoxMask(height, width, top, left, np.asarray(crop, dtype=bool))
+        """The mask at another size, each pixel taken from the one under its centre (nearest), for
+        previews; computed from the runs, so only the preview's pixels are visited."""
+        if (height, width) == self.shape:
+            return self
+        found = self.column_runs()
+        # full-size row and column under the centre of every preview row and column
+        rows = np.minimum(((np.arange(height) + 0.5) * self.height / height).astype(np.int64), self.height - 1)
+        cols = np.minimum(((np.arange(width) + 0.5) * self.width / width).astype(np.int64), self.width - 1)
+        source = np.searchsorted(found.column, cols, side="left")
+        stop = np.searchsorted(found.column, cols, side="right")
+        counts = stop - source
+        picked = np.repeat(np.arange(width), counts)  # preview column of every run it samples
+        offsets = np.cumsum(counts) - counts  # where each preview column's runs start in `picked`
+        index = np.repeat(source - offsets, counts) + np.arange(picked.size)
+        begin = np.searchsorted(rows, found.begin[index], side="left")
+        end = np.searchsorted(rows, found.end[index], side="left")
+        keep = end > begin
+        return BoxMask(height, width, runs=ColumnRuns(picked[keep], begin[keep], end[keep]))
 
     def rot90(self, turns: int) -> "BoxMask":
         """As np.rot90(self.dense(), turns): counter-clockwise quarter turns."""
         turns %= 4
-        h, w = self.crop.shape
         if turns == 0:
             return self
-        if self.crop.size == 0:
+        if self.area() == 0:
             return BoxMask.empty(*(self.shape if turns == 2 else self.shape[::-1]))
+        h, w = self._shape
         crop = np.ascontiguousarray(np.rot90(self.crop, turns))
         if turns == 1:
             return BoxMask(self.width, self.height, self.width - self.left - w, self.top, crop)
@@ -127,6 +194,5 @@ class BoxMask:
         return BoxMask(self.width, self.height, self.left, self.height - self.top - h, crop)
 
     def fliplr(self) -> "BoxMask":
-        w = self.crop.shape[1]
-        return BoxMask(self.height, self.width, self.top, self.width - self.left - w,
+        return BoxMask(self.height, self.width, self.top, self.width - self.left - self._shape[1],
                        np.ascontiguousarray(self.crop[:, ::-1]))

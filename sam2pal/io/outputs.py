@@ -20,6 +20,7 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 from sam2pal.errors import SamPalError
+from sam2pal.io import bilevel_png
 from sam2pal.io.boxmask import BoxMask
 from sam2pal.io.files import (
     BackgroundWrites,
@@ -67,9 +68,7 @@ MASK_FORMATS = ("png", "none")
 
 def mask_png(mask: BoxMask) -> bytes:
     """The structure's 1-bit PNG: light compression, it is written for every structure of every photo."""
-    buffer = io.BytesIO()
-    mask.image().save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return bilevel_png.encode(mask)
 
 
 def _same_proportions(image: tuple[int, int], full: tuple[int, int]) -> bool:

@@ -106,12 +106,13 @@ def overlay(image: np.ndarray, masks: list[BoxMask | np.ndarray], names: list[st
     thickness = max(1, round(min(height, width) / 400))
     for index, box in enumerate(boxes):
         box = box.scaled(height, width)
-        if box.crop.size == 0:
+        crop = box.crop  # built from the box's runs: once
+        if crop.size == 0:
             continue
         corner = (box.left, box.top)
         color = structure_color(index)
-        canvas.paste(color, corner, Image.fromarray(box.crop.astype(np.uint8) * _TINT_LEVEL))
-        canvas.paste(color, corner, Image.fromarray(_outline(box.crop, thickness).astype(np.uint8) * 255))
+        canvas.paste(color, corner, Image.fromarray(crop.astype(np.uint8) * _TINT_LEVEL))
+        canvas.paste(color, corner, Image.fromarray(_outline(crop, thickness).astype(np.uint8) * 255))
     if names:
         _draw_legend(canvas, names)
     return canvas
