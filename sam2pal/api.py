@@ -20,7 +20,8 @@ from sam2pal.engine.qc import QCConfig
 from sam2pal.engine.trainer import Trainer, TrainConfig, TrainResult
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import DEFAULT_MAX_PIXELS, list_images, scan_images
-from sam2pal.io.outputs import OutputOptions, PredictionWriter
+from sam2pal.io.outputs import PredictionWriter
+from sam2pal.io.records import OutputOptions
 from sam2pal.io.templates import TemplateSet, load_templates
 from sam2pal.model.adapters import WEIGHTS_NAME, load_adapter, load_weights, read_adapter_config
 from sam2pal.model.build import LoadedModel, describe, file_sha256, load_model

@@ -25,7 +25,8 @@ from sam2pal.engine.propagate import Propagator, segment_groups
 from sam2pal.engine.qc import QCConfig, assess, round_trip_iou
 from sam2pal.engine.upsample import box_masks
 from sam2pal.io.images import list_images, load_photo
-from sam2pal.io.outputs import OutputOptions, check_coco_file, mask_annotation, mask_png
+from sam2pal.io.outputs import check_coco_file
+from sam2pal.io.records import OutputOptions, mask_annotation, mask_png
 from sam2pal.io.overlays import overlay
 from sam2pal.io.templates import load_coco_templates
 from sam2pal.model.build import load_model

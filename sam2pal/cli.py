@@ -318,7 +318,7 @@ def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path |
 
 def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -> int:
     from sam2pal.api import predict
-    from sam2pal.io.outputs import OutputOptions
+    from sam2pal.io.records import OutputOptions
 
     bar = None if args.quiet else tqdm(desc="predicting", unit="image", file=sys.stderr)
 

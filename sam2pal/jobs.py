@@ -163,7 +163,7 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     """Run `spec` in this process, reporting through `emit`; return the result files."""
     from sam2pal import api
     from sam2pal.engine.trainer import TrainConfig
-    from sam2pal.io.outputs import OutputOptions
+    from sam2pal.io.records import OutputOptions
     from sam2pal.io.run_report import RunReport
     from sam2pal.model.build import describe
 

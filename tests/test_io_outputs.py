@@ -17,7 +17,8 @@ from sam2pal.io.corrections import replace_mask
 from sam2pal.io.boxmask import BoxMask
 from sam2pal.io.files import atomic_file, atomic_save_image, atomic_write_bytes, atomic_write_json
 from sam2pal.io.masks import decode_segmentation
-from sam2pal.io.outputs import OutputOptions, PredictionWriter
+from sam2pal.io.outputs import PredictionWriter
+from sam2pal.io.records import OutputOptions
 from sam2pal.io.overlays import STRUCTURE_COLORS, overlay, structure_color
 from sam2pal.io.run_report import RunReport
 

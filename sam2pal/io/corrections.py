@@ -10,7 +10,8 @@ from sam2pal.errors import SamPalError
 from sam2pal.io.boxmask import BoxMask
 from sam2pal.io.files import atomic_save_image, atomic_write_bytes, atomic_write_json, read_json_object, write_zip
 from sam2pal.io.masks import decode_segmentation, mask_polygons
-from sam2pal.io.outputs import mask_annotation, mask_png, read_record
+from sam2pal.io.outputs import read_record
+from sam2pal.io.records import mask_annotation, mask_png
 from sam2pal.io.overlays import overlay
 from sam2pal.io.run_report import RECORDS_DIR, RunReport
 

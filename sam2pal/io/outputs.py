@@ -1,5 +1,5 @@
-"""What a run hands back: per-image mask PNGs and overlays, a COCO file and a report, and a
-reviewer's correction of one of them.
+"""What a run hands back, assembled: the COCO file and the report from every image's record,
+and an earlier run in the same folder completed rather than repeated.
 
 Every file is written atomically (`io.files`), so an interrupted run never leaves a half-written
 PNG or JSON that looks finished.
@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import shutil
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,19 +19,10 @@ from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
 
 from sam2pal.errors import SamPalError
-from sam2pal.io import bilevel_png
 from sam2pal.io.boxmask import BoxMask
-from sam2pal.io.files import (
-    BackgroundWrites,
-    atomic_save_image,
-    atomic_write_bytes,
-    atomic_write_json,
-    read_json_object,
-    safe_file_names,
-    write_zip,
-)
+from sam2pal.io.files import atomic_write_json, read_json_object, write_zip
 from sam2pal.io.masks import decode_segmentation, mask_polygons
-from sam2pal.io.overlays import overlay
+from sam2pal.io.records import OutputOptions, RecordWriter
 from sam2pal.io.run_report import (
     PREDICTIONS_NAME,
     RECORDS_DIR,
@@ -40,44 +30,9 @@ from sam2pal.io.run_report import (
     ZIP_NAME,
     RunReport,
     entry_files,
-    review_fields,
 )
 
 _RUN_FILE = "run.json"
-
-
-@dataclass
-class OutputOptions:
-    """How a run writes its results; none of these change a mask."""
-
-    polygons: bool = False  # COCO polygons instead of RLE, for tools that only read polygons
-    zip: bool = False  # also bundle everything into OUT/results.zip
-    overwrite: bool = False  # forget an earlier run in OUT instead of completing it
-    masks: str = "png"  # "png": a 1-bit PNG per structure; "none": the COCO file holds the masks
-    overlay_size: int | None = 2048  # long side of the overlays; None: the photo's full size
-
-    def __post_init__(self) -> None:
-        if self.masks not in MASK_FORMATS:
-            raise SamPalError(f"--masks {self.masks!r}: use one of {', '.join(MASK_FORMATS)}")
-        if self.overlay_size is not None and self.overlay_size < 64:
-            raise SamPalError(f"--overlay-size {self.overlay_size}: use at least 64 (pixels), or full")
-
-
-MASK_FORMATS = ("png", "none")
-
-
-def mask_png(mask: BoxMask) -> bytes:
-    """The structure's 1-bit PNG: light compression, it is written for every structure of every photo."""
-    return bilevel_png.encode(mask)
-
-
-def _same_proportions(image: tuple[int, int], full: tuple[int, int]) -> bool:
-    """Whether `image` is `full` scaled down (each side rounded), as io.images.load_photo decodes."""
-    if image == full:
-        return True
-    scale = max(image) / max(full)
-    return image[0] <= full[0] and image[1] <= full[1] and all(
-        abs(side - other * scale) <= 1.5 for side, other in zip(image, full))
 
 
 def read_record(path: Path) -> dict | None:
@@ -88,13 +43,6 @@ def read_record(path: Path) -> dict | None:
     if record is None or not keys <= record.keys() or not isinstance(record["report"].get("files"), dict):
         return None
     return record
-
-
-def mask_annotation(category_id: int, mask: BoxMask | np.ndarray) -> dict:
-    """A COCO annotation of one structure's mask (RLE; the writer turns it into polygons if asked)."""
-    box = mask if isinstance(mask, BoxMask) else BoxMask.from_dense(mask)
-    return {"category_id": category_id, "segmentation": box.rle(), "area": box.area(),
-            "bbox": box.bbox(), "iscrowd": 0}
 
 
 def check_coco_file(path: Path) -> None:
@@ -147,7 +95,6 @@ class PredictionWriter:
         self.structures = list(structures)
         self.info = dict(info)
         self.options = options or OutputOptions()
-        self._file_names = safe_file_names(self.structures)
         self._records_dir = self.out_dir / RECORDS_DIR
         if self.options.overwrite:
             self._forget_earlier_run()
@@ -161,10 +108,8 @@ class PredictionWriter:
         }
         self._current: list[dict] = []
         self._notes: list[dict] = []
-        self._writes = BackgroundWrites()
-        if self.options.masks == "png":
-            (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+        self._reserved: set[str] = set()
+        self._records = RecordWriter(self.out_dir, self.structures, self.options)
 
     def _forget_earlier_run(self) -> None:
         """Delete what an earlier run wrote (only files its records name), so nothing stale stays."""
@@ -217,7 +162,7 @@ class PredictionWriter:
         earlier = self._earlier_stems.get(image_path.name)
         if earlier is not None:
             return earlier
-        used = self._earlier.keys() | {
+        used = self._earlier.keys() | self._reserved | {
             record["stem"] for record in self._current if "stem" in record
         }
         stem = image_path.stem
@@ -239,77 +184,32 @@ class PredictionWriter:
         quality: list[dict] | None = None,
         orientation: str | None = None,
     ) -> None:
-        """Queue this image's mask PNGs, overlay and record; the COCO file comes at close().
-
-        `masks` are at the photo's full size; `image` may be decoded smaller (same proportions),
-        the overlay is made at review size from it. `quality` holds one quality-check dict per
-        structure (round_trip_iou, confidence, area_ratio, flags); it goes into the report and
-        onto each COCO annotation as `qc_*` fields, so a reviewer (or another tool) can sort by it.
-        """
-        image_path = Path(image_path)
-        boxes = [mask if isinstance(mask, BoxMask) else BoxMask.from_dense(mask) for mask in masks]
-        if len(boxes) != len(self.structures):
-            raise ValueError(f"{len(boxes)} masks for {image_path.name}, expected {len(self.structures)}")
-        height, width = boxes[0].shape
-        if any(box.shape != (height, width) for box in boxes) or not _same_proportions(image.shape[:2], (height, width)):
-            raise ValueError(f"masks for {image_path.name} have shapes {sorted({box.shape for box in boxes})}, "
-                             f"the image {image.shape[:2]}: they must share the image's size and proportions")
-        if scores is not None and len(scores) != len(self.structures):
-            raise ValueError(f"{len(scores)} scores for {len(self.structures)} structures")
-        if quality is not None and len(quality) != len(self.structures):
-            raise ValueError(f"{len(quality)} quality checks for {len(self.structures)} structures")
-
-        stem = self._output_stem(image_path)
-        mask_files = [f"masks/{stem}__{file_name}.png" for file_name in self._file_names] if self.options.masks == "png" else []
-        overlay_file = f"overlays/{stem}.jpg"
-
-        per_structure: dict[str, dict] = {}
-        annotations: list[dict] = []
-        for index, (name, box) in enumerate(zip(self.structures, boxes)):
-            score = None if scores is None else float(scores[index])
-            area = box.area()
-            per_structure[name] = {"area": area, "score": score}
-            if quality is not None:
-                per_structure[name]["qc"] = quality[index]
-            if area == 0:
-                continue
-            annotation = mask_annotation(index + 1, box)
-            if score is not None:
-                annotation["score"] = score
-            if quality is not None:
-                annotation.update({f"qc_{key}": value for key, value in quality[index].items()})
-            annotations.append(annotation)
-        record = {
-            "stem": stem,
-            "report": {
-                "file": image_path.name,
-                "status": "ok",
-                "error": None,
-                "seconds": None if seconds is None else float(seconds),
-                "structures": per_structure,
-                **review_fields(quality, orientation),
-                # names as written (cleaned, made unique), so nobody has to rebuild them
-                "files": {"masks": dict(zip(self.structures, mask_files)), "overlay": overlay_file},
-            },
-            "width": width,
-            "height": height,
-            "annotations": annotations,
-        }
-
-        def write() -> None:
-            for box, name in zip(boxes, mask_files):
-                atomic_write_bytes(self.out_dir / name, mask_png(box))
-            picture = overlay(image, boxes, self.structures, self.options.overlay_size)
-            atomic_save_image(self.out_dir / overlay_file, picture, quality=90)
-            atomic_write_json(self._records_dir / f"{stem}.json", record)  # last: the image is done
-
-        self._writes.submit(write)
+        """Queue this image's mask PNGs, overlay and record (`RecordWriter.write`); the COCO file
+        comes at close()."""
+        stem = self._output_stem(Path(image_path))
+        record = self._records.write(stem, Path(image_path), image, masks, scores, seconds, quality, orientation)
         self._earlier.pop(stem, None)
         self._current.append(record)
 
+    def reserve_stem(self, image_path: Path) -> str:
+        """The stem this image's outputs get, reserved for a worker that writes them elsewhere
+        (`RecordWriter` on a cluster); `adopt` takes its record in once written."""
+        stem = self._output_stem(Path(image_path))
+        self._reserved.add(stem)
+        return stem
+
+    def adopt(self, stem: str) -> bool:
+        """Take in the record a worker wrote for a reserved stem; False when it is not there."""
+        record = read_record(self._records_dir / f"{stem}.json")
+        if record is None:
+            return False
+        self._earlier.pop(stem, None)
+        self._current.append(record)
+        return True
+
     def flush(self) -> None:
         """Every image added so far is on disk (files are written in the background)."""
-        self._writes.wait()
+        self._records.flush()
 
     def add_failure(self, image_path: Path, error: str) -> None:
         """Record an image that could not be processed, so the report lists it (a later run
@@ -381,7 +281,7 @@ class PredictionWriter:
     def close(self) -> dict:
         """Write predictions.json and report.json (and the zip), verify the COCO file, return
         the report."""
-        self._writes.close()
+        self._records.close()
         records = list(self._earlier.values()) + self._current
         done = [record for record in records if record["report"]["status"] == "ok"]
         predictions_path = self.out_dir / PREDICTIONS_NAME
