@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from sam2pal import __version__
 from sam2pal.engine.propagate import Decoding, Propagator, predict_collection
@@ -25,6 +25,9 @@ from sam2pal.io.records import OutputOptions
 from sam2pal.io.templates import TemplateSet, load_templates
 from sam2pal.model.adapters import WEIGHTS_NAME, load_adapter, load_weights, read_adapter_config
 from sam2pal.model.build import LoadedModel, describe, file_sha256, load_model
+
+if TYPE_CHECKING:
+    from sam2pal.cluster.ray_predict import RaySettings
 
 __all__ = ["load_model", "load_templates", "load_adapter", "finetune", "predict", "TrainConfig"]
 
@@ -119,12 +122,14 @@ def predict(
     options: OutputOptions | None = None,
     qc: QCConfig | None = QCConfig(),
     orientation: str = "none",
+    ray: "RaySettings | None" = None,
 ) -> dict:
     """Propagate every structure to every image; write OUT (COCO, masks, overlays, report).
 
     An earlier run into out_dir is completed, not repeated: images it segmented are kept as they
     are (unless options.overwrite). Files in the folder that are not images are listed in the
-    report as skipped.
+    report as skipped. With `ray`, the images go through a pool of Ray actors
+    (`cluster.ray_predict`); the outputs are the same.
     """
     if batch_size < 1:
         raise SamPalError(f"--batch-size {batch_size} must be at least 1")
@@ -149,8 +154,15 @@ def predict(
     for entry in skipped:
         writer.add_note(entry.path, entry.reason)
     todo = [path for path in paths if not writer.is_done(path)]
-    if todo:
+    decoding = Decoding(model.image_size, options.overlay_size, max_pixels)
+    if todo and ray is not None:
+        from sam2pal.cluster.ray_predict import WorkerSpec, predict_on_ray
+
+        spec = WorkerSpec(model.name, model.image_size, model.fingerprint,
+                          None if model.adapter_dir is None else str(Path(model.adapter_dir).resolve()),
+                          templates, str(Path(out_dir).resolve()), options, qc, orientation, decoding)
+        predict_on_ray(spec, writer, todo, batch_size, ray, progress)
+    elif todo:
         propagator = Propagator(model, templates, qc=qc, orientation=orientation)
-        decoding = Decoding(model.image_size, options.overlay_size, max_pixels)
         predict_collection(propagator, todo, writer, batch_size, decoding, progress)
     return writer.close()

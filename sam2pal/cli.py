@@ -119,6 +119,15 @@ def _predict_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--qc-min-confidence", type=float, default=0.5, help="flag masks less confident than this")
     group.add_argument("--qc-area-range", type=float, nargs=2, default=(0.33, 3.0), metavar=("LOW", "HIGH"),
                        help="flag masks whose area ratio to the template's is outside this range")
+    cluster = parser.add_argument_group("on a Ray cluster (pip install 'sam2pal[ray]')")
+    cluster.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                         help="stream the images through Ray Data actors: without ADDRESS a local Ray is started "
+                              "here; with one (auto, ray://host:10001) that cluster is used (OUT must be on storage "
+                              "every node sees)")
+    cluster.add_argument("--ray-workers", type=int, default=1, help="actors, each with the model loaded once (default 1)")
+    cluster.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor; fractions share a GPU")
+    cluster.add_argument("--cpus-per-worker", type=float, default=None,
+                         help="CPUs per actor (default: this machine's CPUs shared out with a local Ray, else 1)")
     group.add_argument("--orientation-search", choices=("none", "rot4", "rot4flip"), default="none",
                        help="try each specimen turned (and mirrored), keep the turn with the best QC score")
 
@@ -333,8 +342,14 @@ def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -
     options = OutputOptions(polygons=args.polygons, zip=args.zip, overwrite=args.overwrite, masks=args.masks,
                             overlay_size=args.overlay_size)
     qc = None if args.no_qc else QCConfig(args.qc_min_iou, args.qc_min_confidence, tuple(args.qc_area_range))
+    ray = None
+    if args.ray is not None:
+        from sam2pal.cluster.ray_predict import RaySettings
+
+        ray = RaySettings(None if args.ray == "local" else args.ray, args.ray_workers, args.gpus_per_worker,
+                          args.cpus_per_worker)
     report = predict(model, templates, args.images, args.out, adapter, args.batch_size, args.max_pixels,
-                     progress, options, qc, args.orientation_search)
+                     progress, options, qc, args.orientation_search, ray)
     if bar is not None:
         bar.close()
     for item in report["images"]:

@@ -213,7 +213,8 @@ class Decoding:
     max_pixels: int = 100_000_000
 
 
-def _load(path: Path, decoding: Decoding) -> Loaded:
+def load_specimen(path: Path, decoding: Decoding) -> Loaded:
+    """A specimen decoded for prediction, or the one-line reason it cannot be."""
     try:
         return Loaded(path, load_photo(path, decoding.min_side, decoding.review_side, decoding.max_pixels), None)
     except SamPalError as exc:
@@ -227,14 +228,33 @@ def prefetched_batches(paths: list[Path], batch_size: int, decoding: Decoding) -
         ahead: list[Future] = []
         for index, batch in enumerate(batches):
             if index == 0:
-                ahead = [pool.submit(_load, p, decoding) for p in batch]
+                ahead = [pool.submit(load_specimen, p, decoding) for p in batch]
             current = [future.result() for future in ahead]
             if index + 1 < len(batches):
-                ahead = [pool.submit(_load, p, decoding) for p in batches[index + 1]]
+                ahead = [pool.submit(load_specimen, p, decoding) for p in batches[index + 1]]
             yield current
 
 
 ProgressFn = Callable[[int, int], None]
+WriteFn = Callable[[Loaded, Prediction, float], None]
+
+
+def predict_loaded(propagator: Propagator, batch: list[Loaded], write: WriteFn) -> None:
+    """Predict the decoded specimens of a batch and hand each result to `write` (with seconds
+    per specimen); the ones that could not be decoded are left to the caller."""
+    good = [item for item in batch if item.photo is not None]
+    if good:
+        start = time.perf_counter()
+        predictions = propagator.predict([item.photo.image for item in good], [item.photo.full_shape for item in good])
+        seconds = (time.perf_counter() - start) / len(good)
+        for item, prediction in zip(good, predictions):
+            write(item, prediction, seconds)
+
+
+def record_fields(prediction: Prediction) -> dict:
+    """What a writer keeps of a prediction besides the masks and scores."""
+    quality = [asdict(q) for q in prediction.qc] if prediction.qc is not None else None
+    return {"quality": quality, "orientation": prediction.orientation}
 
 
 def predict_collection(
@@ -251,21 +271,16 @@ def predict_collection(
     cannot be read is recorded as a failure and the batch goes on without it.
     """
     decoding = decoding or Decoding(propagator.loaded.image_size)
+
+    def write(item: Loaded, prediction: Prediction, seconds: float) -> None:
+        writer.add(item.path, item.photo.image, prediction.boxes, prediction.scores, seconds, **record_fields(prediction))
+
     done = 0
     for batch in prefetched_batches(paths, batch_size, decoding):
-        good = [item for item in batch if item.photo is not None]
         for item in batch:
             if item.error is not None:
                 writer.add_failure(item.path, item.error)
-        if good:
-            start = time.perf_counter()
-            predictions = propagator.predict([item.photo.image for item in good],
-                                             [item.photo.full_shape for item in good])
-            seconds = (time.perf_counter() - start) / len(good)
-            for item, prediction in zip(good, predictions):
-                quality = [asdict(q) for q in prediction.qc] if prediction.qc is not None else None
-                writer.add(item.path, item.photo.image, prediction.boxes, prediction.scores, seconds,
-                           quality=quality, orientation=prediction.orientation)
+        predict_loaded(propagator, batch, write)
         done += len(batch)
         if progress is not None:
             progress(done, len(paths))

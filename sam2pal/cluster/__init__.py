@@ -1,0 +1,1 @@
+"""Beyond one machine: prediction on a Ray cluster and fine-tuning on several GPUs."""
