@@ -224,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="--io: photo sizes (default 0.3 12 24 45)")
     bench.add_argument("--batch-size", type=int, nargs="+", default=[4, 1, 8],
                        help="--io: batch of the end-to-end run, then batches whose peak RSS is compared (default 4 1 8)")
+    bench.add_argument("--ray", action="store_true", help="instead: per-image cost of predict --ray against plain "
+                       "predict (--specimens images, default model synthetic:256), and the driver's peak RSS on "
+                       "--ray-counts images")
+    bench.add_argument("--ray-counts", type=int, nargs="+", default=[500, 5000], help="--ray: collection sizes "
+                       "whose driver RSS is compared (default 500 5000)")
+    bench.add_argument("--ray-workers", type=int, default=1, help="--ray: actors (default 1)")
     quality = bench.add_argument_group("--quality (synthetic collections from evaluation seeds)")
     quality.add_argument("--quality", action="store_true", help="instead: segmentation quality table "
                          "(zero-shot, orientation search, quality check, fine-tuning under a domain shift)")
@@ -463,6 +469,14 @@ def _dispatch(args: argparse.Namespace) -> int:
             size = args.image_size[0] if args.image_size else None
             run_quality(args.model or "synthetic:256", size, args.device, args.collections, args.specimens,
                         args.finetune_seeds, args.finetune_epochs, args.out)
+            return EXIT_OK
+        if args.ray:
+            from sam2pal.bench_ray import run_ray_bench
+
+            if args.specimens < 2 or min(args.ray_counts) < 2 or args.ray_workers < 1:
+                raise SamPalError("--specimens and --ray-counts need at least 2 images, --ray-workers at least 1")
+            run_ray_bench(args.model or "synthetic:256", args.image_size[0] if args.image_size else None,
+                          args.specimens, args.ray_counts, args.batch_size[0], args.ray_workers)
             return EXIT_OK
         if args.io:
             from sam2pal.bench_io import run_io
