@@ -7,6 +7,7 @@ failures are in report.json), 2 for invalid arguments or input a user must fix f
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
                        help="structures per forward/backward pass; fewer = less memory, same result "
                             "(default: all on a GPU; on CPU as many as fit ~1 GB: all at 256 px, 3 at 512, 1 at 1024; "
                             "always all when the encoder trains)")
+    group.add_argument("--accumulate", type=int, default=1, metavar="N",
+                       help="palindromes per optimiser step (per process), gradients accumulated: the same update "
+                            "as one batch of N")
+    group.add_argument("--nproc", type=int, default=1, metavar="N",
+                       help="train on N local processes (GPUs) under torchrun; same as `torchrun --nproc_per_node N "
+                            "-m sam2pal.cli train …`: each samples its own palindromes, gradients are averaged, "
+                            "process 0 validates and writes")
     group.add_argument("--low-memory", action="store_true",
                        help="lowest peak RAM: one structure per pass and freed memory returned to the "
                             "system at once (15-30%% slower steps on CPU)")
@@ -269,7 +277,9 @@ def _warn(warnings: list[str]) -> None:
 def _load_model(args: argparse.Namespace):
     from sam2pal.model.build import DEFAULT_MODEL, compile_model, describe, load_model
 
-    model = load_model(args.model or DEFAULT_MODEL, args.image_size, args.device)
+    from sam2pal.cluster.ddp import rank_device
+
+    model = load_model(args.model or DEFAULT_MODEL, args.image_size, rank_device(args.device))
     if args.compile:
         compile_model(model)
     if not args.quiet:
@@ -297,6 +307,7 @@ def _train_config(args: argparse.Namespace):
         seed=args.seed,
         folds=args.folds,
         fold=args.fold,
+        accumulate=args.accumulate,
     )
 
 
@@ -324,7 +335,7 @@ def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path |
     result = finetune(model, templates, list_images(args.images), out, config, resume, progress)
     if bar is not None:
         bar.close()
-    if result.validated and not args.quiet:
+    if result.validated and result.validation and not args.quiet:  # rank 0's (the others do not validate)
         zero = result.validation[0]["mean_iou"]
         best = result.validation[result.best_epoch]["mean_iou"]
         print(f"kept epoch {result.best_epoch}: validation IoU {best:.3f} (zero-shot {zero:.3f})", file=sys.stderr)
@@ -514,6 +525,18 @@ def _dispatch(args: argparse.Namespace) -> int:
     return _predict(args, model, templates, None)
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -524,6 +547,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if getattr(args, "nproc", 1) > 1 and args.command != "train":
+        parser.error("--nproc is for `sam2pal train`; fine-tune with it, then predict with --adapter")
+    if getattr(args, "nproc", 1) > 1 and "WORLD_SIZE" not in os.environ:
+        from sam2pal.cluster.ddp import launch
+
+        return launch(args.nproc, _without_nproc(sys.argv[1:] if argv is None else argv))
     try:
         return _dispatch(args)
     except SamPalError as exc:

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from sam2pal.cluster.ddp import Distributed
 from sam2pal.engine.allocator import freed_memory_returned
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
 from sam2pal.engine.palindrome import CYCLE_MEMORIES, AugmentConfig, augment, palindrome_step, training_mode
@@ -61,6 +62,7 @@ class TrainConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger specimens are skipped with a warning
     folds: int = 5  # templates split into this many folds (at most one per template)...
     fold: int = 0  # ...and this one is held out for validation
+    accumulate: int = 1  # micro-batches (template → specimen palindromes) per optimiser step, per rank
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -79,6 +81,8 @@ class TrainConfig:
             raise SamPalError(f"--feature-cache-gb {self.cache_bytes / 2**30:g} cannot be negative")
         if self.structures_per_pass is not None and self.structures_per_pass < 1:
             raise SamPalError(f"--structures-per-pass {self.structures_per_pass} must be at least 1")
+        if self.accumulate < 1:
+            raise SamPalError(f"--accumulate {self.accumulate} must be at least 1")
 
 
 
@@ -131,15 +135,18 @@ class Trainer:
         self.progress = progress or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         self.encoder = Encoder(loaded)
+        self.dist = Distributed.from_env(loaded.device)
         self.train_templates, self.held_out = split_templates(len(template_set.templates), config.folds,
                                                               config.fold, config.seed)
         self.adapter = self._adapter_config(resume)
+        torch.manual_seed(config.seed)  # LoRA's initial weights come from the global generator
         self.params = prepare(loaded, self.adapter)
         # a trained encoder changes features every step: nothing can be cached then
         self.cache = None if self.adapter.trains_encoder else FeatureCache(config.cache_bytes, config.cache_dir)
-        self.generator = torch.Generator().manual_seed(config.seed)
-        torch.manual_seed(config.seed)
-        self.steps_per_epoch = config.steps_per_epoch or len(self.specimens)
+        # micro-batches per optimiser step over all ranks: two ranks give the step one process
+        # accumulating both ranks' micro-batches gives
+        self.global_batch = config.accumulate * self.dist.world
+        self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.specimens) / self.global_batch)
         total = config.epochs * self.steps_per_epoch
         lr = config.lr if config.lr is not None else DEFAULT_LR[self.adapter.mode]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=config.weight_decay)
@@ -194,7 +201,6 @@ class Trainer:
                               f"{len(missing)} missing trainable tensors, e.g. {example}); start a new adapter")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
         validation = json.loads((resume / VALIDATION_NAME).read_text())
@@ -294,7 +300,6 @@ class Trainer:
             "weights": {n: p.detach().cpu() for n, p in self.loaded.sam.named_parameters() if p.requires_grad},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "generator": self.generator.get_state(),
             "epoch": self.epoch,
             "step": self.step,
             "best_score": self.best_score,
@@ -306,30 +311,56 @@ class Trainer:
 
     # --- training ----------------------------------------------------------------------------
 
-    def _train_step(self, specimen: Path) -> dict | None:
-        """One palindrome on a training template: only the structures it annotates (a mask, or
-        marked absent, which trains "absent") are rows; the others add no loss and no memory."""
-        pick = int(torch.randint(len(self.train_templates), (1,), generator=self.generator))
-        index = self.train_templates[pick]
+    def _micro_generator(self, slot: int) -> torch.Generator:
+        """The random stream of micro-batch `slot` of the coming step: the same on whichever rank
+        runs it, so the split over ranks does not change what is drawn."""
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step * 1_009 + slot)
+
+    def _palindromes(self, slot: int, specimen: Path) -> tuple[str, list[str], list[float]] | None:
+        """One palindrome on a training template, its loss (over the global micro-batch count)
+        backpropagated: only the structures it annotates (a mask, or marked absent, which trains
+        "absent") are rows; the others add no loss and no memory."""
+        generator = self._micro_generator(slot)
+        index = self.train_templates[int(torch.randint(len(self.train_templates), (1,), generator=generator))]
         x1 = self._specimen_frame(specimen)
         if x1 is None:
             return None
         if self.config.augment:
-            x1 = augment(x1, AugmentConfig(), self.generator)
+            x1 = augment(x1, AugmentConfig(), generator)
         x0 = self._template_frame(index)
         annotated = self.templates.annotated(index)
         names = [name for name, used in zip(self.templates.structures, annotated) if used]
         masks = self.templates.mask_stack(index)[np.asarray(annotated)]
         y0 = resize_masks(masks, self.loaded.image_size).to(self.loaded.device)
+        per_structure = []
+        for rows in torch.arange(y0.shape[0]).split(self._structures_per_pass(y0.shape[0])):
+            output = palindrome_step(self.encoder, x0, y0[rows], x1, self.config.cycle_memory)
+            (output.loss / self.global_batch).backward()
+            per_structure += output.per_structure.tolist()
+        return self.templates.templates[index].name, names, per_structure
+
+    def _train_step(self, micro_batches: list[tuple[int, Path]]) -> dict | None:
+        """One optimiser step: this rank's micro-batches (slot, specimen), gradients summed over
+        the ranks; None when no rank could read any of its specimens (no step is taken)."""
         training_mode(self.loaded.sam)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, per_structure = 0.0, []
-        for rows in torch.arange(y0.shape[0]).split(self._structures_per_pass(y0.shape[0])):
-            output = palindrome_step(self.encoder, x0, y0[rows], x1, self.config.cycle_memory)
-            output.loss.backward()
-            loss += float(output.loss.detach())
-            per_structure += output.per_structure.tolist()
+        losses: dict[str, list[float]] = {}
+        templates, specimens = [], []
+        for slot, specimen in micro_batches:
+            done = self._palindromes(slot, specimen)
+            if done is None:
+                continue
+            template, names, per_structure = done
+            for name, value in zip(names, per_structure):
+                losses.setdefault(name, []).append(value)
+            templates.append(template)
+            specimens.append(specimen.name)
+        self.dist.sum_gradients(self.params)
+        mine = [float(np.sum([sum(v) for v in losses.values()])), float(len(specimens))]
+        loss, used = self.dist.sum(mine, self.loaded.device)
+        if used == 0:
+            return None
         torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
@@ -337,12 +368,12 @@ class Trainer:
         return {
             "step": self.step,
             "epoch": self.epoch,
-            "loss": round(loss, 6),
-            "per_structure": {n: round(v, 6) for n, v in zip(names, per_structure)},
+            "loss": round(loss / used, 6),  # a palindrome's loss (summed over its structures), mean over the step
+            "per_structure": {n: round(float(np.mean(v)), 6) for n, v in losses.items()},  # this rank's
             "lr": self.scheduler.get_last_lr()[0],
             "seconds": round(time.perf_counter() - start, 4),
-            "template": self.templates.templates[index].name,
-            "specimen": specimen.name,
+            "templates": templates,
+            "specimens": specimens,
         }
 
     def _structures_per_pass(self, count: int) -> int:
@@ -362,13 +393,16 @@ class Trainer:
         per_structure = ACTIVATIONS_PER_STRUCTURE_1024 * (self.loaded.image_size / 1024) ** 2
         return max(1, int(CPU_ACTIVATION_BUDGET // per_structure))
 
-    def _epoch_specimens(self) -> list[Path]:
-        """A fresh permutation each epoch, so one epoch visits every specimen once (and later
-        epochs find them all in the feature cache)."""
+    def _epoch_order(self) -> list[Path]:
+        """The epoch's specimens, steps × global batch of them: a permutation drawn from the seed
+        and the epoch alone (every rank draws the same), so one epoch visits every specimen once
+        and later epochs find them all in the feature cache."""
+        generator = torch.Generator().manual_seed(self.config.seed * 7_919 + self.epoch)
+        need = self.steps_per_epoch * self.global_batch
         order: list[Path] = []
-        while len(order) < self.steps_per_epoch:
-            order += [self.specimens[i] for i in torch.randperm(len(self.specimens), generator=self.generator)]
-        return order[: self.steps_per_epoch]
+        while len(order) < need:
+            order += [self.specimens[i] for i in torch.randperm(len(self.specimens), generator=generator)]
+        return order[:need]
 
     def run(self) -> TrainResult:
         try:
@@ -376,28 +410,34 @@ class Trainer:
                 if self.config.low_memory and not applied:
                     self.progress({"type": "warning", "message": "--low-memory: this C library cannot return "
                                    "freed memory early; only one structure per pass applies"})
-                return self._run()
+                result = self._run()
+            self.dist.finish()
+            return result
         finally:
             if self.cache is not None:
                 self.cache.close()
 
     def _run(self) -> TrainResult:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if not self.history:
+        main = self.dist.main  # rank 0 alone validates, logs and writes
+        if not self.history and main:
             self._record_epoch(0.0)  # epoch 0: the zero-shot baseline
         while self.epoch < self.config.epochs and not self.should_stop():
             self.epoch += 1
             start = time.perf_counter()
-            for specimen in self._epoch_specimens():
+            order = self._epoch_order()
+            for index in range(self.steps_per_epoch):
                 if self.should_stop():  # a half-done epoch is neither validated nor saved: resume redoes it
                     self.epoch -= 1
                     break
-                entry = self._train_step(specimen)
-                if entry is not None:
+                batch = order[index * self.global_batch : (index + 1) * self.global_batch]
+                entry = self._train_step([(slot, batch[slot]) for slot in self.dist.slots(self.config.accumulate)])
+                if entry is not None and main:
                     self._log(entry)
                     self.progress({"type": "step", "total_steps": self.config.epochs * self.steps_per_epoch, **entry})
             else:
-                self._record_epoch(time.perf_counter() - start)
-                self._save_state()
+                if main:
+                    self._record_epoch(time.perf_counter() - start)
+                    self._save_state()
         self.loaded.sam.eval()
         return TrainResult(self.out_dir, self.best_epoch, self.history, bool(self.held_out))
