@@ -14,6 +14,7 @@ BUILT_IN = {
     "local": "backends.local:LocalBackend",
     "remote": "backends.remote:RemoteBackend",
     "zerogpu": "backends.zerogpu:ZeroGPUBackend",
+    "ray": "backends.ray_cluster:RayBackend",
 }
 
 

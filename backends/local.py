@@ -189,8 +189,7 @@ class LocalBackend(Backend):
 
     def status(self, job_id: str) -> JobStatus:
         with self._lock:
-            status = self._jobs[job_id].status
-            return JobStatus(**{**status.__dict__, "events": list(status.events), "files": dict(status.files)})
+            return self._jobs[job_id].status.copy()
 
     def cancel(self, job_id: str) -> None:
         with self._lock:

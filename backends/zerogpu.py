@@ -105,8 +105,7 @@ class ZeroGPUBackend(Backend):
 
     def status(self, job_id: str) -> JobStatus:
         with self._lock:
-            status = self._statuses[job_id]
-            return JobStatus(**{**status.__dict__, "events": list(status.events), "files": dict(status.files)})
+            return self._statuses[job_id].copy()
 
     def cancel(self, job_id: str) -> None:
         with self._lock:

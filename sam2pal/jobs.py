@@ -130,6 +130,10 @@ class JobStatus:
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
 
+    def copy(self) -> "JobStatus":
+        """A snapshot a backend can hand out while its watcher thread goes on updating the original."""
+        return JobStatus(**{**self.__dict__, "events": list(self.events), "files": dict(self.files)})
+
 
 def zip_folder(folder: Path, archive: Path) -> Path:
     """Every file under `folder` (hidden files and folders left out) into `archive`, atomically."""

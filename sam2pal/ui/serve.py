@@ -27,8 +27,10 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     parser.add_argument("--image-size", type=int, default=int(env("SAM2PAL_IMAGE_SIZE", str(AppConfig.image_size))),
                         help="default model input size (1024; 256 for synthetic:256)")
     parser.add_argument("--device", default=env("SAM2PAL_DEVICE", AppConfig.device), help="auto|cpu|cuda|mps")
-    parser.add_argument("--backend", default=env("SAM2PAL_BACKEND", "local"), help="local, zerogpu, remote or a plugin")
+    parser.add_argument("--backend", default=env("SAM2PAL_BACKEND", "local"), help="local, zerogpu, remote, ray or a plugin")
     parser.add_argument("--remote-url", default=env("SAM2PAL_REMOTE_URL"), help="for --backend remote")
+    parser.add_argument("--ray-address", default=env("SAM2PAL_RAY_ADDRESS"),
+                        help="for --backend ray: the cluster (auto, ray://host:10001); default a local Ray")
     parser.add_argument("--max-images", type=int, default=int(env("SAM2PAL_MAX_IMAGES", "500")),
                         help="images per batch a session may upload")
     parser.add_argument("--max-file-size", default=env("SAM2PAL_MAX_FILE_SIZE", "100mb"), help="per uploaded file")
@@ -38,6 +40,8 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     args = parse_args(argv, prog)
     options = {"url": args.remote_url} if args.backend == "remote" else {}
+    if args.backend == "ray":
+        options = {"address": args.ray_address}
     config = AppConfig(model=args.model, image_size=args.image_size, device=args.device,
                        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
                        limits=Limits(max_images=args.max_images), max_file_size=args.max_file_size)
