@@ -65,7 +65,8 @@ def _image_args(parser: argparse.ArgumentParser) -> None:
 def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group = parser.add_argument_group("fine-tuning")
     group.add_argument(*_names("--epochs", "--num_epochs", legacy), dest="epochs", type=int, default=5)
-    group.add_argument("--steps-per-epoch", type=int, default=None, help="default: one step per specimen")
+    group.add_argument("--steps-per-epoch", type=int, default=None,
+                       help="default: one pass over the specimens (specimens ÷ (--accumulate × processes) steps)")
     group.add_argument("--mode", choices=("lora", "decoder", "full"), default="lora")
     group.add_argument(*_names("--lr", "--learning_rate", legacy), dest="lr", type=float, default=None, help="default 2e-4 (lora), 1e-5 (decoder), 5e-6 (full)")
     group.add_argument(*_names("--lora-rank", "--lora_rank", legacy), dest="lora_rank", type=int, default=8)

@@ -22,10 +22,11 @@ import torch
 from sam2pal.cluster.ddp import Distributed
 from sam2pal.engine.allocator import freed_memory_returned
 from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
-from sam2pal.engine.palindrome import CYCLE_MEMORIES, AugmentConfig, augment, palindrome_step, training_mode
+from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step, training_mode
 from sam2pal.engine.propagate import full_resolution, segment_groups, template_frame, template_memories
+from sam2pal.engine.train_config import DEFAULT_LR, TrainConfig, split_templates
 from sam2pal.errors import SamPalError
-from sam2pal.io.images import DEFAULT_MAX_PIXELS, load_image
+from sam2pal.io.images import load_image
 from sam2pal.io.files import atomic_write_json
 from sam2pal.io.templates import TemplateSet
 from sam2pal.metrics import iou
@@ -35,66 +36,10 @@ from sam2pal.model.build import LoadedModel, describe
 LOG_NAME = "train_log.jsonl"
 STATE_NAME = "trainer_state.pt"
 VALIDATION_NAME = "validation.json"
-DEFAULT_LR = {"lora": 2e-4, "decoder": 1e-5, "full": 5e-6}
 # tensors one structure saves for backward in a palindrome step at 1024 px (measured, LoRA,
 # SAM2.1-tiny); it scales with the number of image tokens, (S/16)²
 ACTIVATIONS_PER_STRUCTURE_1024 = 1.34e9
 CPU_ACTIVATION_BUDGET = 1 << 30
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    steps_per_epoch: int | None = None  # default: one pass over the specimens
-    mode: str = "lora"
-    lr: float | None = None  # default depends on the mode
-    lora_rank: int = 8
-    lora_encoder: bool = False
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    seed: int = 0
-    cycle_memory: str = "tracked"
-    augment: bool = True
-    cache_bytes: int = 2 << 30  # image features kept in RAM
-    cache_dir: Path | None = None  # where features that do not fit go, instead of being re-encoded
-    structures_per_pass: int | None = None  # default: all on CUDA, a ~1 GB activation budget elsewhere
-    low_memory: bool = False  # one structure per pass everywhere, freed memory returned at once
-    max_pixels: int = DEFAULT_MAX_PIXELS  # larger specimens are skipped with a warning
-    folds: int = 5  # templates split into this many folds (at most one per template)...
-    fold: int = 0  # ...and this one is held out for validation
-    accumulate: int = 1  # micro-batches (template → specimen palindromes) per optimiser step, per rank
-
-    def __post_init__(self) -> None:
-        if self.folds < 2:
-            raise SamPalError(f"--folds {self.folds} must be at least 2 (one fold is held out)")
-        if not 0 <= self.fold < self.folds:
-            raise SamPalError(f"--fold {self.fold} must be between 0 and --folds - 1 ({self.folds - 1})")
-        if self.epochs < 1:
-            raise SamPalError(f"--epochs {self.epochs} must be at least 1")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise SamPalError(f"--steps-per-epoch {self.steps_per_epoch} must be at least 1")
-        if self.cycle_memory not in CYCLE_MEMORIES:
-            raise SamPalError(f"--cycle-memory {self.cycle_memory!r}: use one of {', '.join(CYCLE_MEMORIES)}")
-        if self.lr is not None and not self.lr > 0:
-            raise SamPalError(f"--lr {self.lr} must be positive")
-        if self.cache_bytes < 0:
-            raise SamPalError(f"--feature-cache-gb {self.cache_bytes / 2**30:g} cannot be negative")
-        if self.structures_per_pass is not None and self.structures_per_pass < 1:
-            raise SamPalError(f"--structures-per-pass {self.structures_per_pass} must be at least 1")
-        if self.accumulate < 1:
-            raise SamPalError(f"--accumulate {self.accumulate} must be at least 1")
-
-
-
-def split_templates(count: int, folds: int, fold: int, seed: int) -> tuple[list[int], list[int]]:
-    """(training, held-out) template indices: a seeded shuffle dealt into `folds` folds (fewer
-    when there are fewer templates), fold `fold` held out. One template: nothing held out."""
-    if count < 2:
-        return list(range(count)), []
-    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
-    folds = min(folds, count)
-    held = sorted(order[fold % folds :: folds])
-    return [i for i in range(count) if i not in held], held
 
 
 @dataclass

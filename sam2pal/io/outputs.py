@@ -20,7 +20,7 @@ from pycocotools.coco import COCO
 
 from sam2pal.errors import SamPalError
 from sam2pal.io.boxmask import BoxMask
-from sam2pal.io.files import atomic_write_json, read_json_object, write_zip
+from sam2pal.io.files import atomic_file, atomic_write_json, read_json_object, write_zip
 from sam2pal.io.masks import decode_segmentation, mask_polygons
 from sam2pal.io.records import OutputOptions, RecordWriter
 from sam2pal.io.run_report import (
@@ -45,30 +45,32 @@ def read_record(path: Path) -> dict | None:
     return record
 
 
-def check_coco_file(path: Path) -> None:
-    """Reload with pycocotools and measure every mask: what we hand over must open elsewhere.
+def check_annotation(annotation: dict, height: int, width: int, where: str) -> None:
+    """pycocotools parses the segmentation (RLE string, or polygons rasterised to RLE) in C and
+    counts its pixels without building the H×W array: RLE must give back exactly `area` pixels,
+    polygons at least that many (they fill holes). What we hand over must open elsewhere."""
+    segmentation = annotation["segmentation"]
+    polygons = isinstance(segmentation, list)
+    if polygons:
+        rle = coco_mask.merge(coco_mask.frPyObjects(segmentation, height, width))
+    else:
+        rle = {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
+    if list(rle["size"]) != [height, width]:
+        raise RuntimeError(f"{where}: annotation {annotation['id']} has size {list(rle['size'])}, "
+                           f"expected {[height, width]}")
+    pixels = int(coco_mask.area(rle))
+    if pixels < annotation["area"] or (pixels != annotation["area"] and not polygons):
+        raise RuntimeError(f"{where}: annotation {annotation['id']} decodes to {pixels} "
+                           f"pixels, expected {annotation['area']}")
 
-    pycocotools parses each segmentation (RLE string, or polygons rasterised to RLE) in C and
-    counts its pixels without building the H×W array: RLE must give back exactly `area`
-    pixels, polygons at least that many (they fill holes).
-    """
+
+def check_coco_file(path: Path) -> None:
+    """Reload a COCO file with pycocotools and measure every mask (`check_annotation`)."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(path))
     for annotation in coco.dataset["annotations"]:
         image = coco.imgs[annotation["image_id"]]
-        rle = coco.annToRLE(annotation)
-        if list(rle["size"]) != [image["height"], image["width"]]:
-            raise RuntimeError(
-                f"{path}: annotation {annotation['id']} has size {list(rle['size'])}, "
-                f"expected {[image['height'], image['width']]}"
-            )
-        pixels = int(coco_mask.area(rle))
-        polygons = isinstance(annotation["segmentation"], list)
-        if pixels < annotation["area"] or (pixels != annotation["area"] and not polygons):
-            raise RuntimeError(
-                f"{path}: annotation {annotation['id']} decodes to {pixels} "
-                f"pixels, expected {annotation['area']}"
-            )
+        check_annotation(annotation, image["height"], image["width"], str(path))
 
 
 class PredictionWriter:
@@ -102,11 +104,12 @@ class PredictionWriter:
         self._claim_folder(
             json.loads(json.dumps({"structures": self.structures, **(identity or {})}))
         )
-        self._earlier = self._load_earlier_records()  # records hold segmented images only
-        self._earlier_stems = {  # image file -> the stem its outputs were written under
-            record["report"]["file"]: stem for stem, record in self._earlier.items()
-        }
-        self._current: list[dict] = []
+        # Only stems and file names are held: records stay on disk and are streamed into the
+        # COCO file at close(), so memory does not grow with the collection.
+        self._earlier = self._load_earlier_records()  # stem -> image file, segmented images only
+        self._earlier_stems = {file: stem for stem, file in self._earlier.items()}
+        self._current: list[str | dict] = []  # this run, in order: a stem written, or a failure's entry
+        self._current_stems: set[str] = set()
         self._notes: list[dict] = []
         self._reserved: set[str] = set()
         self._records = RecordWriter(self.out_dir, self.structures, self.options)
@@ -138,9 +141,9 @@ class PredictionWriter:
                 )
         atomic_write_json(run_file, identity)
 
-    def _load_earlier_records(self) -> dict[str, dict]:
-        """Records of earlier runs whose files are all still there, by stem, sorted by file name."""
-        records = []
+    def _load_earlier_records(self) -> dict[str, str]:
+        """Stem -> image file of earlier runs' records whose files are all still there, sorted by file name."""
+        found = []
         for path in self._records_dir.glob("*.json"):
             if path.name == _RUN_FILE:
                 continue
@@ -148,9 +151,8 @@ class PredictionWriter:
             if record is not None and all(
                 (self.out_dir / name).is_file() for name in entry_files(record["report"])
             ):
-                records.append(record)
-        records.sort(key=lambda record: record["report"]["file"])
-        return {record["stem"]: record for record in records}
+                found.append((record["report"]["file"], record["stem"]))
+        return {stem: file for file, stem in sorted(found)}
 
     def is_done(self, image_path: str | Path) -> bool:
         """Whether an earlier run into this folder already segmented this image."""
@@ -162,9 +164,7 @@ class PredictionWriter:
         earlier = self._earlier_stems.get(image_path.name)
         if earlier is not None:
             return earlier
-        used = self._earlier.keys() | self._reserved | {
-            record["stem"] for record in self._current if "stem" in record
-        }
+        used = self._earlier.keys() | self._reserved | self._current_stems
         stem = image_path.stem
         if stem in used:
             stem = f"{image_path.stem}_{image_path.suffix.lstrip('.')}"
@@ -187,9 +187,8 @@ class PredictionWriter:
         """Queue this image's mask PNGs, overlay and record (`RecordWriter.write`); the COCO file
         comes at close()."""
         stem = self._output_stem(Path(image_path))
-        record = self._records.write(stem, Path(image_path), image, masks, scores, seconds, quality, orientation)
-        self._earlier.pop(stem, None)
-        self._current.append(record)
+        self._records.write(stem, Path(image_path), image, masks, scores, seconds, quality, orientation)
+        self._taken(stem)
 
     def reserve_stem(self, image_path: Path) -> str:
         """The stem this image's outputs get, reserved for a worker that writes them elsewhere
@@ -200,12 +199,15 @@ class PredictionWriter:
 
     def adopt(self, stem: str) -> bool:
         """Take in the record a worker wrote for a reserved stem; False when it is not there."""
-        record = read_record(self._records_dir / f"{stem}.json")
-        if record is None:
+        if read_record(self._records_dir / f"{stem}.json") is None:
             return False
-        self._earlier.pop(stem, None)
-        self._current.append(record)
+        self._taken(stem)
         return True
+
+    def _taken(self, stem: str) -> None:
+        self._earlier.pop(stem, None)
+        self._current.append(stem)
+        self._current_stems.add(stem)
 
     def flush(self) -> None:
         """Every image added so far is on disk (files are written in the background)."""
@@ -216,13 +218,11 @@ class PredictionWriter:
         into the same folder tries it again)."""
         self._current.append(
             {
-                "report": {
-                    "file": Path(image_path).name,
-                    "status": "failed",
-                    "error": str(error),
-                    "seconds": None,
-                    "structures": {},
-                }
+                "file": Path(image_path).name,
+                "status": "failed",
+                "error": str(error),
+                "seconds": None,
+                "structures": {},
             }
         )
 
@@ -244,52 +244,52 @@ class PredictionWriter:
             return annotation["segmentation"]
         return mask_polygons(decode_segmentation(annotation["segmentation"], height, width))
 
-    def _coco(self, records: list[dict]) -> dict:
-        images: list[dict] = []
-        annotations: list[dict] = []
-        for record in records:
-            image_id = len(images) + 1
-            height, width = record["height"], record["width"]
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": record["report"]["file"],
-                    "width": width,
-                    "height": height,
-                }
-            )
-            for annotation in record["annotations"]:
-                segmentation = self._segmentation(annotation, height, width)
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        **annotation,
-                        "segmentation": segmentation,
-                    }
-                )
-        return {
-            "info": {**self.info, "date_created": datetime.now(timezone.utc).isoformat()},
-            "images": images,
-            "annotations": annotations,
-            "categories": [
-                {"id": index + 1, "name": name, "supercategory": "structure"}
-                for index, name in enumerate(self.structures)
-            ],
-        }
+    def _write_coco(self, stems: list[str]) -> list[dict]:
+        """predictions.json streamed from the records of `stems` (images, then annotations: each
+        record is read twice, none is kept), every annotation checked as it is written; returns
+        the images' report entries."""
+        path = self.out_dir / PREDICTIONS_NAME
+        info = {**self.info, "date_created": datetime.now(timezone.utc).isoformat()}
+        categories = [{"id": index + 1, "name": name, "supercategory": "structure"}
+                      for index, name in enumerate(self.structures)]
+        entries: list[dict] = []
+
+        def records():
+            for stem in stems:
+                record = read_record(self._records_dir / f"{stem}.json")
+                if record is None:
+                    raise SamPalError(f"{self._records_dir / stem}.json went missing during the run; run predict again")
+                yield record
+
+        with atomic_file(path) as temp, open(temp, "w", encoding="utf-8") as out:
+            out.write('{"info": ' + json.dumps(info) + ',\n"images": [')
+            for image_id, record in enumerate(records(), start=1):
+                entries.append(record["report"])
+                image = {"id": image_id, "file_name": record["report"]["file"], "width": record["width"],
+                         "height": record["height"]}
+                out.write((",\n" if image_id > 1 else "\n") + json.dumps(image))
+            out.write('],\n"annotations": [')
+            count = 0
+            for image_id, record in enumerate(records(), start=1):
+                height, width = record["height"], record["width"]
+                for annotation in record["annotations"]:
+                    count += 1
+                    annotation = {"id": count, "image_id": image_id, **annotation,
+                                  "segmentation": self._segmentation(annotation, height, width)}
+                    check_annotation(annotation, height, width, str(path))
+                    out.write((",\n" if count > 1 else "\n") + json.dumps(annotation))
+            out.write('],\n"categories": ' + json.dumps(categories) + "}\n")
+        return entries
 
     def close(self) -> dict:
-        """Write predictions.json and report.json (and the zip), verify the COCO file, return
-        the report."""
+        """Write predictions.json and report.json (and the zip), return the report."""
         self._records.close()
-        records = list(self._earlier.values()) + self._current
-        done = [record for record in records if record["report"]["status"] == "ok"]
-        predictions_path = self.out_dir / PREDICTIONS_NAME
-        atomic_write_json(predictions_path, self._coco(done))
-        check_coco_file(predictions_path)
+        stems = list(self._earlier) + [item for item in self._current if isinstance(item, str)]
+        entries = iter(self._write_coco(stems))
+        earlier = [next(entries) for _ in self._earlier]
+        current = [item if isinstance(item, dict) else next(entries) for item in self._current]
         report = RunReport.build(self.out_dir, self.info.get("model_description"), self.structures,
-                                 self.options.polygons, [record["report"] for record in records], self._notes,
-                                 len(self._earlier))
+                                 self.options.polygons, earlier + current, self._notes, len(self._earlier))
         report.write()
         if self.options.zip:
             write_zip(report.zip, self.out_dir, report.result_files())
