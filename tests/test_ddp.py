@@ -4,7 +4,14 @@ when it accumulates both processes' palindromes per step."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import psutil
 
 import pytest
 import torch
@@ -33,10 +40,10 @@ def collection(tmp_path_factory):
     return write_collection(tmp_path_factory.mktemp("ddp") / "c", "in-domain", seed=21, templates=3, specimens=6)
 
 
-def _args(files, out: Path, *extra: str) -> list[str]:
+def _args(files, out: Path, *extra: str, epochs: int = 1) -> list[str]:
     return ["train", "--templates", str(files.templates), "--images", str(files.specimens), "--out", str(out),
-            "--model", "synthetic:256", "--device", "cpu", "--quiet", "--epochs", "1", "--steps-per-epoch", "2",
-            "--lr", "1e-3", "--seed", "4", *extra]
+            "--model", "synthetic:256", "--device", "cpu", "--quiet", "--epochs", str(epochs),
+            "--steps-per-epoch", "2", "--lr", "1e-3", "--seed", "4", *extra]
 
 
 def test_two_ranks_make_the_adapter_of_one_process_accumulating_their_steps(collection, tmp_path, one_thread):
@@ -98,3 +105,27 @@ def test_nproc_is_only_for_train(collection, tmp_path, capsys):
         main(["run", "--templates", str(collection.templates), "--images", str(collection.specimens),
               "--out", str(tmp_path / "o"), "--finetune", "--nproc", "2"])
     assert "--nproc is for `sam2pal train`" in capsys.readouterr().err
+
+
+def test_a_rank_that_dies_stops_the_run_with_a_message_and_resume_finishes_it(collection, tmp_path):
+    out = tmp_path / "adapter"
+    command = [sys.executable, "-m", "sam2pal.cli", *_args(collection, out, "--nproc", "2", epochs=6)]
+    launcher = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (out / "trainer_state.pt").is_file() and time.monotonic() < deadline and launcher.poll() is None:
+        time.sleep(0.1)
+    ranks = [p for p in psutil.Process(launcher.pid).children(recursive=True)
+             if p.environ().get("RANK") == "1" and "sam2pal.cli" in " ".join(p.cmdline())]
+    assert len(ranks) == 1, "rank 1 was not found running"
+    os.kill(ranks[0].pid, signal.SIGKILL)
+    _, errors = launcher.communicate(timeout=180)
+
+    assert launcher.returncode != 0
+    assert "run the same command with --resume OUT to continue" in errors
+    saved = json.loads((out / "validation.json").read_text())["epochs"]
+    assert 2 <= len(saved) < 7  # zero-shot and at least one epoch, not all six
+
+    assert main(_args(collection, out, "--nproc", "2", "--resume", str(out), epochs=6)) == 0
+    finished = json.loads((out / "validation.json").read_text())["epochs"]
+    assert [entry["epoch"] for entry in finished] == list(range(7))
+    assert finished[: len(saved)] == saved  # the epochs before the crash are kept as they were

@@ -198,8 +198,9 @@ class PredictionWriter:
         return stem
 
     def adopt(self, stem: str) -> bool:
-        """Take in the record a worker wrote for a reserved stem; False when it is not there."""
-        if read_record(self._records_dir / f"{stem}.json") is None:
+        """Take in the record a worker wrote for a reserved stem; False when it is not there
+        (close() reads and checks it)."""
+        if not (self._records_dir / f"{stem}.json").is_file():
             return False
         self._taken(stem)
         return True
