@@ -26,6 +26,7 @@ from sam2pal.io.images import IMAGE_EXTENSIONS
 from sam2pal.jobs import FINAL_EVENTS, JobSpec, JobStatus, apply_event, apply_final, final_event, run_job
 
 _POLL_SECONDS = 0.3
+_GRACE_SECONDS = 15.0
 
 
 def _pack(files: dict[str, Path]) -> bytes:
@@ -105,6 +106,7 @@ def _run_on_node(spec_json: str, inputs: bytes, events) -> tuple[dict, bytes]:
         (root / "work").mkdir()
         final = final_event(lambda: run_job(spec, lambda event: events.put.remote(event),
                                             lambda: ray.get(events.stopped.remote())))
+        ray.get(events.stopped.remote())  # an actor runs one caller's calls in order: every put has landed
         if final["type"] == "done":  # result paths become relative to the workdir that goes back
             final["files"] = {name: str(Path(path).relative_to(root / "work")) for name, path in final["files"].items()}
         return final, _pack({"work": root / "work"}) if final["type"] == "done" else b""
@@ -157,7 +159,7 @@ class RayBackend(Backend):
         final = None
         while final is None:
             ready, _ = ray.wait([job.result], timeout=_POLL_SECONDS)
-            self._fold(job, ray.get(job.events.drain.remote()))
+            self._fold(job, self._drain(job))
             if not ready:
                 continue
             try:
@@ -170,10 +172,18 @@ class RayBackend(Backend):
                 final = {"type": "error", "message": "the job's worker on the cluster ended without a result "
                          f"({type(error).__name__}: {' '.join(str(error).split())[:300]}); the app is fine, "
                          "try again or with a smaller image size or batch size"}
-        self._fold(job, ray.get(job.events.drain.remote()))
+        self._fold(job, self._drain(job))
         with self._lock:
             apply_final(job.status, final)
         ray.kill(job.events)
+
+    def _drain(self, job: _Job) -> list[dict]:
+        """Events so far; none when the events actor is gone (its node was lost): the task's
+        result still says how the job ended."""
+        try:
+            return self._ray.get(job.events.drain.remote())
+        except self._ray.exceptions.RayError:
+            return []
 
     def _fold(self, job: _Job, events: list[dict]) -> None:
         with self._lock:
@@ -190,8 +200,16 @@ class RayBackend(Backend):
     def cancel(self, job_id: str) -> None:
         with self._lock:
             job = self._jobs[job_id]
-        if not job.status.finished:
-            job.events.stop.remote()
+        if job.status.finished:
+            return
+        if job.status.state == "queued":  # still waiting for a node (or a GPU): it never starts
+            self._ray.cancel(job.result)
+            return
+        job.events.stop.remote()  # a running job stops at its next step; one that does not is killed
+        timer = threading.Timer(_GRACE_SECONDS, lambda: None if job.status.finished else
+                                self._ray.cancel(job.result, force=True))
+        timer.daemon = True
+        timer.start()
 
     def close(self) -> None:
         with self._lock:

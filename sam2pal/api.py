@@ -93,8 +93,9 @@ def provenance(model: LoadedModel, templates: TemplateSet, **params) -> dict:
 
 
 # Settings that change how a run goes or what it writes, but not a mask: a run into the same OUT
-# may differ in these and still complete the earlier one.
-_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images", "qc", "masks"})
+# may differ in these and still complete the earlier one. (`masks`, png or none, is not among
+# them: completing a run must not leave some images with PNGs and others without.)
+_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images", "qc"})
 
 
 def _result_identity(info: dict) -> dict:

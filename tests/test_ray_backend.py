@@ -66,3 +66,13 @@ def test_a_user_error_on_the_cluster_keeps_its_message(backend, collection, tmp_
     spec.model = "synthetic:/nowhere/weights.safetensors"
     status = backend.wait(backend.start(spec), timeout=120)
     assert status.state == "failed" and "weights.safetensors" in status.error
+
+
+def test_a_running_job_on_the_cluster_is_cancelled(backend, collection, tmp_path):
+    job = backend.start(_spec(collection, tmp_path, kind="train", train={"epochs": 50}))
+    deadline = time.monotonic() + 120
+    while not any(e["type"] == "step" for e in backend.status(job).events) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    backend.cancel(job)
+    status = backend.wait(job, timeout=120)
+    assert status.state == "cancelled"

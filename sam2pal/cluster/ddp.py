@@ -52,18 +52,21 @@ class Distributed:
         return range(self.rank * per_rank, (self.rank + 1) * per_rank)
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
-        """Every rank's gradients summed, in one flat all-reduce."""
+        """Every rank's gradients summed, in one flat all-reduce. A parameter no rank gave a
+        gradient keeps none, as in one process (AdamW then leaves it alone)."""
         if self.world == 1:
             return
-        for param in params:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-        flat = torch.cat([param.grad.reshape(-1) for param in params])
+        had = [param.grad is not None for param in params]
+        flat = torch.cat([param.grad.reshape(-1) if param.grad is not None else torch.zeros(param.numel(),
+                          dtype=param.dtype, device=param.device) for param in params]
+                         + [torch.tensor(had, dtype=params[0].dtype, device=params[0].device)])
         self._all_reduce(flat)
         offset = 0
-        for param in params:
-            param.grad.copy_(flat[offset : offset + param.numel()].view_as(param))
+        anyone = flat[-len(params):] > 0
+        for param, used in zip(params, anyone.tolist()):
+            values = flat[offset : offset + param.numel()].view_as(param)
             offset += param.numel()
+            param.grad = values.clone() if used else None
 
     def sum(self, values: list[float], device: torch.device) -> list[float]:
         """Numbers summed over the ranks (the step's loss and how many micro-batches ran)."""

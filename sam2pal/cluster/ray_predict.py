@@ -97,10 +97,11 @@ class PredictWorker:
                 "error": np.array([failed.get(path, "") for path in stems], dtype=object)}
 
 
-def _worker_cpus(settings: RaySettings, started_here: bool) -> float:
+def _worker_cpus(settings: RaySettings, local_ray_started_here: bool) -> float:
+    """This machine's CPUs are shared out only on the Ray started here: a cluster's nodes have their own."""
     if settings.cpus_per_worker is not None:
         return settings.cpus_per_worker
-    if started_here:
+    if local_ray_started_here:
         return max(1.0, (os.cpu_count() or 1) // settings.workers)
     return 1.0
 
@@ -121,6 +122,7 @@ def predict_on_ray(spec: WorkerSpec, writer: PredictionWriter, paths: list[Path]
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the CLI shows its own
     context.print_on_execution_start = False
+    context.execution_options.preserve_order = True  # the same report order as the plain path, any worker count
     try:
         rows = [{"path": str(path), "stem": writer.reserve_stem(path)} for path in paths]
         dataset = ray.data.from_items(rows).map_batches(
@@ -129,7 +131,7 @@ def predict_on_ray(spec: WorkerSpec, writer: PredictionWriter, paths: list[Path]
             batch_size=batch_size,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=settings.workers),
-            num_cpus=_worker_cpus(settings, started_here),
+            num_cpus=_worker_cpus(settings, started_here and settings.address is None),
             num_gpus=settings.gpus_per_worker or None,
         )  # Ray Data restarts a dead actor and retries its batches (max_restarts=-1, max_task_retries=-1)
         done = 0

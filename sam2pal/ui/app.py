@@ -64,7 +64,8 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
             with gr.Accordion("Or click points on a structure for a SAM2 mask", open=False):
                 with gr.Row():
                     template_preview = gr.Image(label="Click inside (or outside) the structure", interactive=False,
-                                                elem_id="click-image", scale=3)
+                                                elem_id="click-image", scale=3,
+                                                format="jpeg")  # encoded after every click: JPEG is the quickest
                     with gr.Column(scale=1):
                         point_kind = gr.Radio(label="Click adds a point", value="inside (positive)",
                                               choices=["inside (positive)", "outside (negative)"])

@@ -191,7 +191,7 @@ class SamPalApp:
                        model=self.config.model, image_size=self.config.image_size, device=self.config.device,
                        points=points)
         # longer than the local click lane's own 600 s limit, so its "no mask" message is what shows
-        status = self.backend.wait(self.backend.start(spec), timeout=900)
+        status = self.backend.wait(self.backend.start(spec), timeout=900, poll=0.02)  # a click waits on every poll
         if status.state != "done":
             raise gr.Error(status.error or f"the click job was {status.state}")
         mask = np.asarray(Image.open(status.files["mask"])) > 0
