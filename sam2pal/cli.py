@@ -80,6 +80,9 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group.add_argument("--accumulate", type=int, default=1, metavar="N",
                        help="palindromes per optimiser step (per process), gradients accumulated: the same update "
                             "as one batch of N")
+    group.add_argument("--init-adapter", type=Path, metavar="DIR",
+                       help="start from an earlier adapter of the same base model (its mode and rank), e.g. a "
+                            "second round with more templates; epoch 0 then validates that adapter")
     group.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train on N local processes (GPUs) under torchrun; same as `torchrun --nproc_per_node N "
                             "-m sam2pal.cli train …`: each samples its own palindromes, gradients are averaged, "
@@ -309,6 +312,7 @@ def _train_config(args: argparse.Namespace):
         folds=args.folds,
         fold=args.fold,
         accumulate=args.accumulate,
+        init_adapter=args.init_adapter,
     )
 
 

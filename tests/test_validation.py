@@ -113,3 +113,31 @@ def test_validation_scores_held_out_templates_that_are_never_trained_on(tiny, tm
     truth = templates.mask_stack(held)
     expected = np.mean([iou(predicted[k], truth[k]) for k in range(3)])
     assert result.validation[-1]["mean_iou"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_second_round_starts_from_the_earlier_adapter_of_the_same_base(tmp_path, capsys):
+    """--init-adapter: epoch 0 validates the adapter started from (so a round only keeps what
+    beats it); another base model, or --resume with it, is refused."""
+    from sam2pal.cli import main
+    from sam2pal.synthetic.domains import write_collection as write_synthetic_collection
+
+    files = write_synthetic_collection(tmp_path / "c", "in-domain", seed=31, templates=3, specimens=4)
+    base = ["train", "--templates", str(files.templates), "--images", str(files.specimens), "--device", "cpu",
+            "--quiet", "--epochs", "1", "--steps-per-epoch", "2", "--lr", "2e-3", "--seed", "2"]
+    assert main([*base, "--model", "synthetic:256", "--out", str(tmp_path / "one")]) == 0
+    assert main([*base, "--model", "synthetic:256", "--out", str(tmp_path / "two"),
+                 "--init-adapter", str(tmp_path / "one")]) == 0
+
+    first = json.loads((tmp_path / "one" / VALIDATION_NAME).read_text())
+    second = json.loads((tmp_path / "two" / VALIDATION_NAME).read_text())
+    kept = first["epochs"][first["best_epoch"]]["mean_iou"]
+    assert second["epochs"][0]["mean_iou"] == pytest.approx(kept, abs=1e-6)
+    assert second["init_adapter"] == str(tmp_path / "one") and first["init_adapter"] is None
+    capsys.readouterr()
+
+    assert main([*base, "--model", "random:tiny", "--image-size", "256", "--out", str(tmp_path / "three"),
+                 "--init-adapter", str(tmp_path / "one")]) == 2
+    assert "was trained on synthetic:256" in capsys.readouterr().err
+    assert main([*base, "--model", "synthetic:256", "--out", str(tmp_path / "two"), "--resume", str(tmp_path / "two"),
+                 "--init-adapter", str(tmp_path / "one")]) == 2
+    assert "--init-adapter starts a new one" in capsys.readouterr().err

@@ -37,6 +37,7 @@ class TrainConfig:
     folds: int = 5  # templates split into this many folds (at most one per template)...
     fold: int = 0  # ...and this one is held out for validation
     accumulate: int = 1  # micro-batches (template → specimen palindromes) per optimiser step, per rank
+    init_adapter: Path | None = None  # start from this adapter (its mode and rank), e.g. a second round
 
     def __post_init__(self) -> None:
         if self.folds < 2:

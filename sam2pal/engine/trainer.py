@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -30,7 +30,7 @@ from sam2pal.io.images import load_image
 from sam2pal.io.files import atomic_write_json
 from sam2pal.io.templates import TemplateSet
 from sam2pal.metrics import iou
-from sam2pal.model.adapters import AdapterConfig, check_base, prepare, read_adapter_config, save_adapter
+from sam2pal.model.adapters import AdapterConfig, check_base, load_weights, prepare, read_adapter_config, save_adapter
 from sam2pal.model.build import LoadedModel, describe
 
 LOG_NAME = "train_log.jsonl"
@@ -83,9 +83,13 @@ class Trainer:
         self.dist = Distributed.from_env(loaded.device)
         self.train_templates, self.held_out = split_templates(len(template_set.templates), config.folds,
                                                               config.fold, config.seed)
+        if resume is not None and config.init_adapter is not None:
+            raise SamPalError("--resume continues a run, --init-adapter starts a new one from an adapter: pass one")
         self.adapter = self._adapter_config(resume)
         torch.manual_seed(config.seed)  # LoRA's initial weights come from the global generator
         self.params = prepare(loaded, self.adapter)
+        if config.init_adapter is not None:  # epoch 0 then validates the adapter started from
+            load_weights(loaded.sam, config.init_adapter)
         # a trained encoder changes features every step: nothing can be cached then
         self.cache = None if self.adapter.trains_encoder else FeatureCache(config.cache_bytes, config.cache_dir)
         # micro-batches per optimiser step over all ranks: two ranks give the step one process
@@ -119,6 +123,10 @@ class Trainer:
                     f"{list(self.templates.structures)}; resume with the same templates or start a new adapter"
                 )
             return config
+        if self.config.init_adapter is not None:
+            start = read_adapter_config(self.config.init_adapter)
+            check_base(self.loaded, start, self.config.init_adapter)
+            return replace(start, structures=list(self.templates.structures))
         return AdapterConfig(
             mode=self.config.mode,
             lora_rank=self.config.lora_rank,
@@ -229,6 +237,7 @@ class Trainer:
                 "held_out": [names[i] for i in self.held_out],
                 "trained_on": [names[i] for i in self.train_templates],
                 "split": {"folds": self.config.folds, "fold": self.config.fold, "seed": self.config.seed},
+                "init_adapter": None if self.config.init_adapter is None else str(self.config.init_adapter),
                 "best_epoch": self.best_epoch,
                 "zero_shot_mean_iou": self.history[0]["mean_iou"],
                 "epochs": self.history,
