@@ -83,6 +83,11 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
     group.add_argument("--init-adapter", type=Path, metavar="DIR",
                        help="start from an earlier adapter of the same base model (its mode and rank), e.g. a "
                             "second round with more templates; epoch 0 then validates that adapter")
+    group.add_argument("--warmup-steps", type=int, default=None, metavar="N",
+                       help="linear learning-rate warm-up before the cosine decay (default 5%% of the steps)")
+    group.add_argument("--tensorboard", type=Path, metavar="DIR",
+                       help="also write loss, learning rate and per-structure validation IoU for TensorBoard "
+                            "(pip install 'sam2pal[tensorboard]')")
     group.add_argument("--nproc", type=int, default=1, metavar="N",
                        help="train on N local processes (GPUs) under torchrun; same as `torchrun --nproc_per_node N "
                             "-m sam2pal.cli train …`: each samples its own palindromes, gradients are averaged, "
@@ -313,6 +318,8 @@ def _train_config(args: argparse.Namespace):
         fold=args.fold,
         accumulate=args.accumulate,
         init_adapter=args.init_adapter,
+        warmup_steps=args.warmup_steps,
+        tensorboard=args.tensorboard,
     )
 
 

@@ -141,3 +141,30 @@ def test_a_second_round_starts_from_the_earlier_adapter_of_the_same_base(tmp_pat
     assert main([*base, "--model", "synthetic:256", "--out", str(tmp_path / "two"), "--resume", str(tmp_path / "two"),
                  "--init-adapter", str(tmp_path / "one")]) == 2
     assert "--init-adapter starts a new one" in capsys.readouterr().err
+
+
+def test_learning_rate_warms_up_then_decays_and_tensorboard_gets_the_numbers(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from sam2pal.cli import main
+    from sam2pal.engine.trainer import learning_rate_factor
+    from sam2pal.synthetic.domains import write_collection as write_synthetic_collection
+
+    assert [round(learning_rate_factor(s, 2, 10), 4) for s in (0, 1, 2, 6, 10)] == [0.3333, 0.6667, 1.0, 0.5, 0.0]
+    files = write_synthetic_collection(tmp_path / "c", "in-domain", seed=33, templates=3, specimens=4)
+    board = tmp_path / "board"
+    assert main(["train", "--templates", str(files.templates), "--images", str(files.specimens), "--device", "cpu",
+                 "--quiet", "--model", "synthetic:256", "--out", str(tmp_path / "a"), "--epochs", "2",
+                 "--steps-per-epoch", "3", "--lr", "1e-3", "--warmup-steps", "2", "--tensorboard", str(board)]) == 0
+
+    steps = [json.loads(line) for line in (tmp_path / "a" / LOG_NAME).read_text().splitlines()]
+    rates = [entry["lr"] for entry in steps if "step" in entry]
+    assert rates == pytest.approx([1e-3 * learning_rate_factor(s, 2, 6) for s in range(1, 7)])
+    events = EventAccumulator(str(board))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(1, 7))
+    assert [e.step for e in events.Scalars("validation/mean_iou")] == [0, 1, 2]
+    validation = json.loads((tmp_path / "a" / VALIDATION_NAME).read_text())
+    assert events.Scalars("validation/mean_iou")[0].value == pytest.approx(validation["epochs"][0]["mean_iou"])
+    assert {tag.split("/")[1] for tag in events.Tags()["scalars"] if tag.startswith("validation/")} >= \
+        set(validation["epochs"][0]["validation_iou"])

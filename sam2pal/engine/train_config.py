@@ -38,6 +38,8 @@ class TrainConfig:
     fold: int = 0  # ...and this one is held out for validation
     accumulate: int = 1  # micro-batches (template → specimen palindromes) per optimiser step, per rank
     init_adapter: Path | None = None  # start from this adapter (its mode and rank), e.g. a second round
+    warmup_steps: int | None = None  # linear warm-up before the cosine decay; default 5% of the steps
+    tensorboard: Path | None = None  # also write loss, learning rate and validation IoU there
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -58,6 +60,8 @@ class TrainConfig:
             raise SamPalError(f"--structures-per-pass {self.structures_per_pass} must be at least 1")
         if self.accumulate < 1:
             raise SamPalError(f"--accumulate {self.accumulate} must be at least 1")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise SamPalError(f"--warmup-steps {self.warmup_steps} cannot be negative")
 
 
 

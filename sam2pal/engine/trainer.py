@@ -54,6 +54,21 @@ Event = dict
 ProgressFn = Callable[[Event], None]
 
 
+def _tensorboard(folder: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise SamPalError("--tensorboard needs TensorBoard: pip install 'sam2pal[tensorboard]'") from error
+    return SummaryWriter(log_dir=str(folder))
+
+
+def learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `total`."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
+
+
 class Trainer:
     """Fine-tunes `loaded.sam` in place on a template set and a folder of unlabeled specimens."""
 
@@ -99,9 +114,10 @@ class Trainer:
         total = config.epochs * self.steps_per_epoch
         lr = config.lr if config.lr is not None else DEFAULT_LR[self.adapter.mode]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-        )
+        warmup = config.warmup_steps if config.warmup_steps is not None else total // 20
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate_factor(
+            step, min(warmup, total - 1), total))
+        self.board = None  # TensorBoard, opened by rank 0 when the run starts
         self.epoch = 0
         self.step = 0
         self.history: list[dict] = []
@@ -214,6 +230,12 @@ class Trainer:
                     scores[name].append(iou(predicted[k], truth[k]))
         return {name: float(np.mean(values)) for name, values in scores.items() if values}
 
+    def _scalars(self, values: dict[str, float], step: int) -> None:
+        if self.board is not None:
+            for name, value in values.items():
+                self.board.add_scalar(name, value, step)
+            self.board.flush()
+
     def _record_epoch(self, seconds: float) -> None:
         validated = bool(self.held_out)
         per_structure = self.validate() if validated else {}
@@ -243,6 +265,8 @@ class Trainer:
                 "epochs": self.history,
             },
         )
+        self._scalars({"validation/mean_iou": mean, **{f"validation/{k}": v for k, v in per_structure.items()}}
+                      if mean is not None else {}, self.epoch)
         self.progress({"type": "epoch", **entry})
 
     def _log(self, entry: dict) -> None:
@@ -368,12 +392,16 @@ class Trainer:
             self.dist.finish()
             return result
         finally:
+            if self.board is not None:
+                self.board.close()
             if self.cache is not None:
                 self.cache.close()
 
     def _run(self) -> TrainResult:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         main = self.dist.main  # rank 0 alone validates, logs and writes
+        if main and self.config.tensorboard is not None:
+            self.board = _tensorboard(self.config.tensorboard)
         if not self.history and main:
             self._record_epoch(0.0)  # epoch 0: the zero-shot baseline
         while self.epoch < self.config.epochs and not self.should_stop():
@@ -388,6 +416,7 @@ class Trainer:
                 entry = self._train_step([(slot, batch[slot]) for slot in self.dist.slots(self.config.accumulate)])
                 if entry is not None and main:
                     self._log(entry)
+                    self._scalars({"train/loss": entry["loss"], "train/lr": entry["lr"]}, entry["step"])
                     self.progress({"type": "step", "total_steps": self.config.epochs * self.steps_per_epoch, **entry})
             else:
                 if main:
