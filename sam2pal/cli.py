@@ -299,28 +299,12 @@ def _load_model(args: argparse.Namespace):
 def _train_config(args: argparse.Namespace):
     from sam2pal.engine.trainer import TrainConfig
 
-    return TrainConfig(
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        mode=args.mode,
-        lr=args.lr,
-        lora_rank=args.lora_rank,
-        lora_encoder=args.lora_encoder,
-        cycle_memory=args.cycle_memory,
-        structures_per_pass=args.structures_per_pass,
-        low_memory=args.low_memory,
-        cache_bytes=int(args.feature_cache_gb * 2**30),
-        cache_dir=args.feature_cache_dir,
-        augment=not args.no_augment,
-        max_pixels=args.max_pixels,
-        seed=args.seed,
-        folds=args.folds,
-        fold=args.fold,
-        accumulate=args.accumulate,
-        init_adapter=args.init_adapter,
-        warmup_steps=args.warmup_steps,
-        tensorboard=args.tensorboard,
-    )
+    same_names = ("epochs", "steps_per_epoch", "mode", "lr", "lora_rank", "lora_encoder", "cycle_memory",
+                  "structures_per_pass", "low_memory", "max_pixels", "seed", "folds", "fold", "accumulate",
+                  "init_adapter", "warmup_steps", "tensorboard")  # flags named as TrainConfig's fields
+    return TrainConfig(**{name: getattr(args, name) for name in same_names},
+                       cache_bytes=int(args.feature_cache_gb * 2**30), cache_dir=args.feature_cache_dir,
+                       augment=not args.no_augment)
 
 
 def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path | None = None):
