@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as coco_mask
 
 
@@ -149,14 +148,6 @@ class BoxMask:
         """COCO compressed RLE with str counts, equal to `io.masks.encode_rle(self.dense())`."""
         rle = coco_mask.frPyObjects({"counts": self.runs(), "size": [self.height, self.width]}, self.height, self.width)
         return {"size": [self.height, self.width], "counts": rle["counts"].decode("ascii")}
-
-    def image(self) -> Image.Image:
-        """The mask as a full-size 1-bit image (PNG writes it small and fast)."""
-        canvas = Image.new("1", (self.width, self.height), 0)
-        crop = self.crop
-        if crop.size:
-            canvas.paste(Image.fromarray(crop), (self.left, self.top))
-        return canvas
 
     def scaled(self, height: int, width: int) -> "BoxMask":
         """The mask at another size, each pixel taken from the one under its centre (nearest), for

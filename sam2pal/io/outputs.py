@@ -174,20 +174,11 @@ class PredictionWriter:
             stem = f"{base}_{number}"
         return stem
 
-    def add(
-        self,
-        image_path: Path,
-        image: np.ndarray,
-        masks: list[BoxMask] | np.ndarray,
-        scores: list[float] | None = None,
-        seconds: float | None = None,
-        quality: list[dict] | None = None,
-        orientation: str | None = None,
-    ) -> None:
-        """Queue this image's mask PNGs, overlay and record (`RecordWriter.write`); the COCO file
-        comes at close()."""
+    def add(self, image_path: Path, image: np.ndarray, masks: list[BoxMask] | np.ndarray, *details, **named) -> None:
+        """Queue this image's mask PNGs, overlay and record; `details` (scores, seconds, quality,
+        orientation) as `RecordWriter.write` takes them. The COCO file comes at close()."""
         stem = self._output_stem(Path(image_path))
-        self._records.write(stem, Path(image_path), image, masks, scores, seconds, quality, orientation)
+        self._records.write(stem, Path(image_path), image, masks, *details, **named)
         self._taken(stem)
 
     def reserve_stem(self, image_path: Path) -> str:
