@@ -121,6 +121,10 @@ def _end_to_end(model_name: str, image_size: int | None, device: str, folder: st
     model = load_model(model_name, image_size, device)
     template_set = load_coco_templates(templates)
     paths = list_images(folder)
+    # a discarded run first: PyTorch's first calls and the kernel check of upsampling cost
+    # the same at every photo size and would flatter the ratio between sizes
+    predict(model, template_set, paths[:batch], f"{out}_warm-up", batch_size=batch, qc=None,
+            options=OutputOptions(overwrite=True))
     start = time.perf_counter()
     report = predict(model, template_set, paths, out, batch_size=batch, qc=None,
                      options=OutputOptions(overwrite=True))

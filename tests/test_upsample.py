@@ -15,7 +15,7 @@ from sam2pal.engine import upsample
 from sam2pal.engine.orientation import SEARCHES, orient, restore, restore_box, turned_shape
 from sam2pal.engine.upsample import box_masks
 from sam2pal.io import bilevel_png
-from sam2pal.io.boxmask import BoxMask
+from sam2pal.io.boxmask import BoxMask, ColumnRuns
 from sam2pal.io.masks import encode_rle, mask_area, mask_bbox
 
 
@@ -137,6 +137,18 @@ def test_a_mask_made_of_column_runs_behaves_as_the_same_mask_made_of_pixels() ->
         assert np.array_equal(runs.rot90(turns).dense(), np.rot90(dense, turns))
     with pytest.raises(ValueError, match="exactly one"):
         BoxMask(37, 53)
+
+
+def test_runs_that_touch_in_a_column_fill_it_through() -> None:
+    """Upsampling may end one run where the next begins (segment borders): the pixels, the PNG
+    and the RLE all treat them as one run, wherever the box starts within a byte."""
+    for left in (0, 3, 8, 13):
+        runs = ColumnRuns(np.array([left, left, left + 2, left + 9]), np.array([2, 5, 0, 4]), np.array([5, 9, 3, 6]))
+        mask = BoxMask(12, left + 11, runs=runs)
+        dense = np.zeros((12, left + 11), dtype=bool)
+        dense[2:9, left] = dense[0:3, left + 2] = dense[4:6, left + 9] = True
+        assert np.array_equal(mask.dense(), dense) and mask.rle() == encode_rle(dense)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(bilevel_png.encode(mask)))), dense)
 
 
 def test_box_mask_scaled_keeps_the_structure_where_it_is() -> None:

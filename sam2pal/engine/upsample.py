@@ -87,8 +87,9 @@ def _runs(logits: np.ndarray, height: int, width: int, rows: slice, cols: slice)
 
     Output rows come in segments that share their two source rows; inside one, λ0h falls and λ1h
     rises, so down a column the sign of fma(row0, λ0h, row1·λ1h) changes at most once (from the
-    signs of row0 and row1). A binary search per segment and column finds where; its sign is
-    that of the exact row0·λ0h + round(row1·λ1h), which float64 compares exactly.
+    signs of row0 and row1). Where those differ, a binary search per segment and column finds
+    where; its sign is that of the exact row0·λ0h + round(row1·λ1h), which float64 compares
+    exactly.
     """
     y0, y1, a0, a1 = _axis(logits.shape[0], height)
     x0, x1, b0, b1 = (part[cols] for part in _axis(logits.shape[1], width))
@@ -97,23 +98,27 @@ def _runs(logits: np.ndarray, height: int, width: int, rows: slice, cols: slice)
     stops = np.append(starts[1:], last)
     across = _fma32(logits[:, x0], b0, logits[:, x1] * b1)  # every source row along the width
     upper, lower = across[y0[starts]], across[y1[starts]]  # (segments, columns)
-    rising = upper <= 0  # false then true down the segment; otherwise true then false
-
-    def positive(i: np.ndarray) -> np.ndarray:
-        return upper * a0[i].astype(np.float64) > -(lower * a1[i]).astype(np.float64)
-
-    low = np.broadcast_to(starts[:, None], upper.shape).copy()
-    high = np.broadcast_to(stops[:, None], upper.shape).copy()
+    # With λ ≥ 0, a segment whose two source rows share a sign keeps it all the way down
+    # (positive: both > 0; never: both ≤ 0); only the others are searched.
+    begin = np.broadcast_to(starts[:, None], upper.shape).copy()
+    end = np.where((upper > 0) & (lower > 0), stops[:, None], starts[:, None])
+    mixed = np.nonzero((upper > 0) != (lower > 0))
+    top, bottom = upper[mixed].astype(np.float64), lower[mixed]
+    rising = top <= 0  # false then true down the segment; otherwise true then false
+    segment_start, segment_stop = starts[mixed[0]], stops[mixed[0]]
+    low, high = segment_start.copy(), segment_stop.copy()
     while True:  # first row where the sign is the segment's second one
-        active = low < high
-        if not active.any():
+        active = np.flatnonzero(low < high)
+        if not active.size:
             break
-        middle = (low + high) // 2
-        flipped = np.where(active, positive(np.minimum(middle, last - 1)) == rising, False)
-        high = np.where(active & flipped, middle, high)
-        low = np.where(active & ~flipped, middle + 1, low)
-    begin = np.where(rising, low, starts[:, None]).T  # (columns, segments): column-major order
-    end = np.where(rising, stops[:, None], low).T
+        middle = (low[active] + high[active]) // 2
+        row = np.minimum(middle, last - 1)
+        flipped = (top[active] * a0[row].astype(np.float64) > -(bottom[active] * a1[row]).astype(np.float64)) == rising[active]
+        high[active] = np.where(flipped, middle, high[active])
+        low[active] = np.where(flipped, low[active], middle + 1)
+    begin[mixed] = np.where(rising, low, segment_start)
+    end[mixed] = np.where(rising, segment_stop, low)
+    begin, end = begin.T, end.T  # (columns, segments): column-major order
     keep = begin < end
     column = np.broadcast_to(np.arange(cols.start, cols.stop, dtype=np.int32)[:, None], begin.shape)
     # int32: a speckled mask over a 24 MP photo has ~400,000 runs, held by writer threads

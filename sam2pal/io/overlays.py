@@ -110,9 +110,11 @@ def overlay(image: np.ndarray, masks: list[BoxMask | np.ndarray], names: list[st
         if crop.size == 0:
             continue
         corner = (box.left, box.top)
-        color = structure_color(index)
-        canvas.paste(color, corner, Image.fromarray(crop.astype(np.uint8) * _TINT_LEVEL))
-        canvas.paste(color, corner, Image.fromarray(_outline(crop, thickness).astype(np.uint8) * 255))
+        # One paste per structure: the outline at full opacity is what tinting and then
+        # painting it would leave, at half the blending work.
+        alpha = crop.astype(np.uint8) * _TINT_LEVEL
+        alpha[_outline(crop, thickness)] = 255
+        canvas.paste(structure_color(index), corner, Image.fromarray(alpha))
     if names:
         _draw_legend(canvas, names)
     return canvas
