@@ -54,9 +54,12 @@ def finetune(
     resume: str | Path | None = None,
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    labels: TemplateSet | None = None,
 ) -> TrainResult:
-    """Palindrome fine-tuning; on return `model` carries the adapter that validation kept."""
-    trainer = Trainer(model, templates, _paths(images), Path(out_dir), config or TrainConfig(), resume, progress, should_stop)
+    """Palindrome fine-tuning, plus supervised steps on `labels` (`io.labels.load_labels`) when
+    given; on return `model` carries the adapter that validation kept."""
+    trainer = Trainer(model, templates, _paths(images), Path(out_dir), config or TrainConfig(), resume, progress,
+                      should_stop, labels)
     result = trainer.run()
     load_weights(model.sam, result.adapter_dir)
     model.sam.requires_grad_(False)

@@ -173,6 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     _image_args(train)
     train.add_argument("--out", type=Path, required=True, help="adapter folder to write")
     train.add_argument("--resume", type=Path, help="continue an adapter folder written by train")
+    labelled = train.add_argument_group("supervised fine-tuning")
+    labelled.add_argument("--labels", type=Path, metavar="GT.json",
+                          help="COCO of labelled specimens (review corrections, another tool's ground truth), their "
+                               "images found in --images by file name: the templates' memory predicts each one, "
+                               "loss against its labels; about one in five (at least one) is held out as the test "
+                               "part that validation scores (IoU, Dice, pixel accuracy, boundary F1)")
+    labelled.add_argument("--supervised-only", action="store_true",
+                          help="with --labels: no palindrome steps on the unlabelled specimens")
+    labelled.add_argument("--loss-weights", default="", metavar="TERM=W,…",
+                          help="weights of the supervised loss (default dice=1,focal=20,iou=1,score=1,bce=0; "
+                               "iou: the IoU head, score: the object score)")
     _train_args(train)
     _model_args(train)
 
@@ -302,9 +313,12 @@ def _train_config(args: argparse.Namespace):
     same_names = ("epochs", "steps_per_epoch", "mode", "lr", "lora_rank", "lora_encoder", "cycle_memory",
                   "structures_per_pass", "low_memory", "max_pixels", "seed", "folds", "fold", "accumulate",
                   "init_adapter", "warmup_steps", "tensorboard")  # flags named as TrainConfig's fields
+    from sam2pal.engine.losses import FINE_TUNING, LossWeights
+
     return TrainConfig(**{name: getattr(args, name) for name in same_names},
                        cache_bytes=int(args.feature_cache_gb * 2**30), cache_dir=args.feature_cache_dir,
-                       augment=not args.no_augment)
+                       augment=not args.no_augment, supervised_only=getattr(args, "supervised_only", False),
+                       loss=LossWeights.parse(getattr(args, "loss_weights", ""), FINE_TUNING))
 
 
 def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path | None = None):
@@ -325,10 +339,19 @@ def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path |
         elif event["type"] == "warning":
             tqdm.write(f"warning: {event['message']}", file=sys.stderr)
 
-    if len(templates.templates) < 2 and not args.quiet:
+    labels = None
+    if getattr(args, "labels", None) is not None:
+        from sam2pal.io.labels import load_labels
+
+        labels = load_labels(args.labels, args.images, templates.structures, args.max_pixels)
+        for warning in labels.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    elif getattr(args, "supervised_only", False):
+        raise SamPalError("--supervised-only needs labelled specimens: pass --labels GT.json")
+    if len(templates.templates) < 2 and (labels is None or len(labels.templates) < 2) and not args.quiet:
         print("one template: nothing to validate on, so the last epoch is kept "
-              "(annotate a second template to let validation choose)", file=sys.stderr)
-    result = finetune(model, templates, list_images(args.images), out, config, resume, progress)
+              "(annotate a second template, or pass two or more --labels, to let validation choose)", file=sys.stderr)
+    result = finetune(model, templates, list_images(args.images), out, config, resume, progress, labels=labels)
     if bar is not None:
         bar.close()
     if result.validated and result.validation and not args.quiet:  # rank 0's (the others do not validate)

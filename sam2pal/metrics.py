@@ -1,4 +1,4 @@
-"""Agreement between binary masks: IoU, Dice and boundary F1, and their per-structure summary.
+"""Agreement between binary masks: IoU, Dice, pixel accuracy and boundary F1, and their summary.
 
 The empty cases are defined, not left to 0/0: an empty prediction of an empty truth (a structure
 correctly found absent) scores 1.0 on every metric, and an empty mask against a non-empty one
@@ -36,6 +36,12 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     if total == 0:
         return 1.0
     return float(2 * np.logical_and(pred, truth).sum() / total)
+
+
+def pixel_accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Share of the image's pixels on which prediction and truth agree (background included)."""
+    pred, truth = _pair(pred, truth)
+    return float((pred == truth).mean()) if pred.size else 1.0
 
 
 def boundary(mask: np.ndarray) -> np.ndarray:

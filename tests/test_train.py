@@ -65,7 +65,7 @@ def test_later_epochs_read_the_feature_cache(tiny, collection, tmp_path):
     tiny.sam.forward_image = lambda pixels: calls.append(pixels.shape[0]) or original(pixels)
     trainer.run()
     assert len(calls) == 2 + 3  # two templates and three specimens, each encoded once
-    assert trainer.cache.hits > 0
+    assert trainer.features.cache.hits > 0
 
 
 def test_features_beyond_the_ram_budget_come_back_from_disk(tiny, collection, tmp_path):
@@ -78,7 +78,7 @@ def test_features_beyond_the_ram_budget_come_back_from_disk(tiny, collection, tm
     tiny.sam.forward_image = lambda pixels: calls.append(pixels.shape[0]) or original(pixels)
     trainer.run()
     assert len(calls) == 2 + 3  # still each image encoded once
-    assert trainer.cache.disk_reads > 0
+    assert trainer.features.cache.disk_reads > 0
     assert list(spill.iterdir()) == []  # the spill folder goes with the run
 
 
@@ -218,7 +218,7 @@ def test_other_modes_save_what_they_train_and_reload(collection, tmp_path, mode,
     config = TrainConfig(epochs=1, steps_per_epoch=1, mode="lora" if mode == "lora-encoder" else mode,
                          lora_encoder=mode == "lora-encoder", lora_rank=2)
     trainer = Trainer(model, templates, list_images(collection / "specimens"), tmp_path / "a", config)
-    assert (trainer.cache is None) == encoder_trains  # a training encoder cannot use cached features
+    assert (trainer.features.cache is None) == encoder_trains  # a training encoder cannot use cached features
     trainer.run()
     saved = load_file(tmp_path / "a" / WEIGHTS_NAME)
     assert any(k.startswith("image_encoder.") for k in saved) == encoder_trains

@@ -13,7 +13,8 @@ import torch
 import sam2pal.engine.trainer as trainer_module
 from sam2pal.api import load_templates
 from sam2pal.engine.propagate import Propagator
-from sam2pal.engine.trainer import LOG_NAME, VALIDATION_NAME, TrainConfig, Trainer, split_templates
+from sam2pal.engine.train_config import split_templates
+from sam2pal.engine.trainer import LOG_NAME, VALIDATION_NAME, TrainConfig, Trainer
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import list_images
 from sam2pal.io.templates import TemplateSet
@@ -106,7 +107,7 @@ def test_validation_scores_held_out_templates_that_are_never_trained_on(tiny, tm
     assert steps and not {t for s in steps for t in s["templates"]} & set(report["held_out"])  # never a loss target
     # the last epoch's score is the held-out template predicted from the trained ones, nothing else
     held = names.index(report["held_out"][0])
-    trained = TemplateSet(templates.structures, [templates.templates[i] for i in trainer.train_templates])
+    trained = TemplateSet(templates.structures, [templates.templates[i] for i in trainer.split.train_templates])
     output = Propagator(tiny, trained, qc=None).logits([templates.templates[held].image])
     height, width = templates.templates[held].image.shape[:2]
     predicted = full_resolution(output.low_res_logits, height, width)

@@ -6,10 +6,13 @@ backpropagated on its own adds up to the same gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
+
+from sam2pal.errors import SamPalError
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -31,19 +34,50 @@ def hard_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossWeights:
-    """BCE + Dice on the masks, MSE on the IoU head, BCE on the object score. (Meta fine-tunes
-    pretrained SAM2 with focal 20 + Dice; from random weights focal kept every early mask empty.)"""
+    """Dice, BCE and focal terms on the masks, MSE on the IoU head, BCE on the object score.
+
+    The defaults (BCE + Dice) pretrain from random weights, where focal loss kept every early
+    mask empty; fine-tuning a trained model uses Meta's recipe, `FINE_TUNING` (focal 20 + Dice).
+    """
 
     dice: float = 1.0
     bce: float = 1.0
+    focal: float = 0.0
     iou: float = 1.0
     score: float = 1.0
 
+    def __post_init__(self) -> None:
+        for name in ("dice", "bce", "focal", "iou", "score"):
+            if not getattr(self, name) >= 0:
+                raise SamPalError(f"loss weight {name}={getattr(self, name)} must be zero or more")
+
+    @classmethod
+    def parse(cls, text: str, defaults: "LossWeights") -> "LossWeights":
+        """`dice=1,focal=20`: the named weights changed, the others as in `defaults`."""
+        values = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = item.partition("=")
+            if name.strip() not in cls.__dataclass_fields__:
+                raise SamPalError(f"--loss-weights {text!r}: unknown term {name.strip()!r}; "
+                                  f"use {', '.join(cls.__dataclass_fields__)}, e.g. dice=1,focal=20")
+            try:
+                values[name.strip()] = float(value)
+            except ValueError:
+                raise SamPalError(f"--loss-weights {text!r}: {item!r} needs a number, e.g. focal=20") from None
+        return replace(defaults, **values)
+
+
+FINE_TUNING = LossWeights(dice=1.0, bce=0.0, focal=20.0, iou=1.0, score=1.0)
+
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor, weights: LossWeights) -> torch.Tensor:
-    """Per-row Dice + BCE, as weighted, (N,)."""
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
-    return weights.dice * dice_loss(logits, target) + weights.bce * bce
+    """Per-row Dice + BCE + focal (torchvision's sigmoid focal loss, α 0.25, γ 2), as weighted, (N,)."""
+    loss = weights.dice * dice_loss(logits, target)
+    if weights.bce:
+        loss = loss + weights.bce * F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+    if weights.focal:
+        loss = loss + weights.focal * sigmoid_focal_loss(logits, target, reduction="none").flatten(1).mean(1)
+    return loss
 
 
 def supervised_loss(logits: torch.Tensor, iou_pred: torch.Tensor, score_logits: torch.Tensor, target: torch.Tensor,

@@ -6,11 +6,12 @@ configuration without importing the training loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from sam2pal.engine.losses import FINE_TUNING, LossWeights
 from sam2pal.engine.palindrome import CYCLE_MEMORIES
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import DEFAULT_MAX_PIXELS
@@ -34,12 +35,14 @@ class TrainConfig:
     structures_per_pass: int | None = None  # default: all on CUDA, a ~1 GB activation budget elsewhere
     low_memory: bool = False  # one structure per pass everywhere, freed memory returned at once
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger specimens are skipped with a warning
-    folds: int = 5  # templates split into this many folds (at most one per template)...
+    folds: int = 5  # templates (labelled specimens, if any) dealt into this many folds...
     fold: int = 0  # ...and this one is held out for validation
     accumulate: int = 1  # micro-batches (template → specimen palindromes) per optimiser step, per rank
     init_adapter: Path | None = None  # start from this adapter (its mode and rank), e.g. a second round
     warmup_steps: int | None = None  # linear warm-up before the cosine decay; default 5% of the steps
     tensorboard: Path | None = None  # also write loss, learning rate and validation IoU there
+    supervised_only: bool = False  # with labels: no palindrome steps on the unlabelled specimens
+    loss: LossWeights = field(default_factory=lambda: FINE_TUNING)  # of the supervised steps
 
     def __post_init__(self) -> None:
         if self.folds < 2:

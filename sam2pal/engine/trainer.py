@@ -5,6 +5,11 @@ templates about one in five (at least one) is set aside before training starts. 
 are never a palindrome's x0 or loss target; each epoch predicts them from the training
 templates' memory. Epoch 0 is the zero-shot baseline, so an adapter is only kept if it beats
 doing nothing on data it never trained on (at worst, the saved adapter is the untouched model).
+
+With labelled specimens (`labels`: corrections, or ground truth from another tool) the labels
+are split instead: the training part gets supervised steps (`engine.supervised`) beside the
+palindromes, every template is memory, and the held-out part, never trained on in any way, is
+what validation scores (IoU, Dice, pixel accuracy, boundary F1).
 """
 
 from __future__ import annotations
@@ -21,21 +26,19 @@ import torch
 
 from sam2pal.cluster.ddp import Distributed
 from sam2pal.engine.allocator import freed_memory_returned
-from sam2pal.engine.frames import Encoder, FeatureCache, Frame, resize_masks
+from sam2pal.engine.frames import Encoder, resize_masks
 from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step, training_mode
-from sam2pal.engine.propagate import full_resolution, segment_groups, template_frame, template_memories
-from sam2pal.engine.train_config import DEFAULT_LR, TrainConfig, split_templates
+from sam2pal.engine.supervised import supervised_step
+from sam2pal.engine.train_features import TrainingFeatures
+from sam2pal.engine.train_config import DEFAULT_LR, TrainConfig
+from sam2pal.engine.validation import VALIDATION_NAME, Split, score_held_out, write_validation
 from sam2pal.errors import SamPalError
-from sam2pal.io.images import load_image
-from sam2pal.io.files import atomic_write_json
 from sam2pal.io.templates import TemplateSet
-from sam2pal.metrics import iou
 from sam2pal.model.adapters import AdapterConfig, check_base, load_weights, prepare, read_adapter_config, save_adapter
 from sam2pal.model.build import LoadedModel, describe
 
 LOG_NAME = "train_log.jsonl"
 STATE_NAME = "trainer_state.pt"
-VALIDATION_NAME = "validation.json"
 # tensors one structure saves for backward in a palindrome step at 1024 px (measured, LoRA,
 # SAM2.1-tiny); it scales with the number of image tokens, (S/16)²
 ACTIVATIONS_PER_STRUCTURE_1024 = 1.34e9
@@ -82,11 +85,19 @@ class Trainer:
         resume: Path | None = None,
         progress: ProgressFn | None = None,
         should_stop: Callable[[], bool] | None = None,
+        labels: TemplateSet | None = None,
     ):
-        template_names = {t.name for t in template_set.templates} | {t.path.name for t in template_set.templates}
-        self.specimens = [p for p in specimens if p.name not in template_names]
-        if not self.specimens:
-            raise SamPalError("no unlabeled specimens to train on: --images holds only the templates; add specimen photos")
+        if labels is not None and labels.structures != template_set.structures:
+            raise SamPalError(f"labels have structures {labels.structures}, the templates {template_set.structures}; "
+                              "load them with io.labels.load_labels")
+        if config.supervised_only and not (labels and labels.templates):
+            raise SamPalError("--supervised-only needs labelled specimens: pass --labels GT.json")
+        self.labels = labels
+        seen = [t for group in (template_set, labels) if group is not None for t in group.templates]
+        taken = {t.name for t in seen} | {t.path.name for t in seen}
+        # templates and labelled specimens are never palindrome specimens (held-out labels are
+        # not trained on at all)
+        self.specimens = [] if config.supervised_only else [p for p in specimens if p.name not in taken]
         resume = Path(resume) if resume is not None else None
         self.loaded = loaded
         self.templates = template_set
@@ -96,8 +107,11 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.encoder = Encoder(loaded)
         self.dist = Distributed.from_env(loaded.device)
-        self.train_templates, self.held_out = split_templates(len(template_set.templates), config.folds,
-                                                              config.fold, config.seed)
+        self.split = Split.choose(len(template_set.templates), len(labels.templates) if labels else 0, config)
+        # what an epoch visits: palindromes on unlabelled specimens, supervised steps on labels
+        self.items = [("palindrome", p) for p in self.specimens] + [("label", i) for i in self.split.train_labels]
+        if not self.items:
+            raise SamPalError("no unlabeled specimens to train on: --images holds only the templates; add specimen photos")
         if resume is not None and config.init_adapter is not None:
             raise SamPalError("--resume continues a run, --init-adapter starts a new one from an adapter: pass one")
         self.adapter = self._adapter_config(resume)
@@ -105,12 +119,13 @@ class Trainer:
         self.params = prepare(loaded, self.adapter)
         if config.init_adapter is not None:  # epoch 0 then validates the adapter started from
             load_weights(loaded.sam, config.init_adapter)
-        # a trained encoder changes features every step: nothing can be cached then
-        self.cache = None if self.adapter.trains_encoder else FeatureCache(config.cache_bytes, config.cache_dir)
+        self.features = TrainingFeatures(self.encoder, template_set, labels, self.adapter.trains_encoder,
+                                         config.cache_bytes, config.cache_dir, config.max_pixels,
+                                         lambda message: self.progress({"type": "warning", "message": message}))
         # micro-batches per optimiser step over all ranks: two ranks give the step one process
         # accumulating both ranks' micro-batches gives
         self.global_batch = config.accumulate * self.dist.world
-        self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.specimens) / self.global_batch)
+        self.steps_per_epoch = config.steps_per_epoch or math.ceil(len(self.items) / self.global_batch)
         total = config.epochs * self.steps_per_epoch
         lr = config.lr if config.lr is not None else DEFAULT_LR[self.adapter.mode]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=config.weight_decay)
@@ -123,7 +138,6 @@ class Trainer:
         self.history: list[dict] = []
         self.best_score = -math.inf
         self.best_epoch = 0
-        self.skipped: list[str] = []
         if resume is not None:
             self._restore(resume)
 
@@ -173,62 +187,30 @@ class Trainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
         validation = json.loads((resume / VALIDATION_NAME).read_text())
-        held_out = [self.templates.templates[i].name for i in self.held_out]
-        if validation.get("held_out", held_out) != held_out:
-            raise SamPalError(f"--resume {resume} validated on {validation['held_out']}, these settings hold out "
-                              f"{held_out}; resume with the run's --seed, --folds and --fold")
+        held_out = [self.templates.templates[i].name for i in self.split.held_out]
+        tests = [self.labels.templates[i].name for i in self.split.test_labels] if self.labels else []
+        before = validation.get("held_out", held_out), (validation.get("labels") or {}).get("held_out", tests)
+        if before != (held_out, tests):
+            raise SamPalError(f"--resume {resume} validated on {before[0] + before[1]}, these settings hold out "
+                              f"{held_out + tests}; resume with the run's --seed, --folds, --fold and --labels")
         self.history = validation["epochs"]
-
-    # --- features ----------------------------------------------------------------------------
-
-    def _specimen_frame(self, path: Path) -> Frame | None:
-        key = str(path)
-        if key in self.skipped:
-            return None
-        frame = self.cache.get(key) if self.cache is not None else None
-        if frame is None:
-            try:
-                image = load_image(path, self.config.max_pixels)
-            except SamPalError as exc:
-                self.skipped.append(key)
-                self.progress({"type": "warning", "message": str(exc)})
-                return None
-            with torch.set_grad_enabled(self.adapter.trains_encoder):
-                frame = self.encoder.encode_images([image])
-            if self.cache is not None:
-                self.cache.put(key, frame)
-        return frame
-
-    def _template_frame(self, index: int) -> Frame:
-        with torch.set_grad_enabled(self.adapter.trains_encoder):
-            return template_frame(self.encoder, self.templates, index, self.cache)
 
     # --- validation --------------------------------------------------------------------------
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """IoU per structure on the held-out templates, predicted from the training templates'
-        memory. A structure marked absent on a held-out template is scored against an empty
-        mask; one not annotated there is not scored on it."""
-        self.loaded.sam.eval()
-        structures = self.templates.structures
-        scores: dict[str, list[float]] = {name: [] for name in structures}
-        cache = None if self.adapter.trains_encoder else self.cache
-        memories = template_memories(self.encoder, self.templates, self.train_templates, cache)
-        position = {index: i for i, index in enumerate(self.train_templates)}
-        groups = [(rows, [position[t] for t in sources])
-                  for rows, sources in self.templates.memory_groups(self.train_templates)]
-        for held_out in self.held_out:
-            template = self.templates.templates[held_out]
-            frame = template_frame(self.encoder, self.templates, held_out, cache)
-            output = segment_groups(self.encoder, frame, memories, groups, len(structures))
-            height, width = template.image.shape[:2]
-            predicted = full_resolution(output.low_res_logits, height, width)
-            truth = self.templates.mask_stack(held_out)
-            for k, (name, annotated) in enumerate(zip(structures, self.templates.annotated(held_out))):
-                if annotated:
-                    scores[name].append(iou(predicted[k], truth[k]))
-        return {name: float(np.mean(values)) for name, values in scores.items() if values}
+        """IoU per structure on what is held out (`held_out_metrics`)."""
+        return self.held_out_metrics()["iou"]
+
+    @torch.no_grad()
+    def held_out_metrics(self) -> dict[str, dict[str, float]]:
+        """Metric -> structure -> mean over the held-out labelled specimens (every template as
+        memory), or without them over the held-out templates (the training templates as memory)."""
+        if self.split.test_labels:
+            held = [(self.labels, i, self.features.label(i)) for i in self.split.test_labels]
+        else:
+            held = [(self.templates, i, self.features.template(i)) for i in self.split.held_out]
+        return score_held_out(self.encoder, self.templates, self.split.train_templates, held, self.features.cache)
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         if self.board is not None:
@@ -237,10 +219,13 @@ class Trainer:
             self.board.flush()
 
     def _record_epoch(self, seconds: float) -> None:
-        validated = bool(self.held_out)
-        per_structure = self.validate() if validated else {}
+        validated = self.split.validated
+        metrics = self.held_out_metrics() if validated else {}
+        per_structure = metrics.get("iou", {})
         mean = float(np.mean(list(per_structure.values()))) if per_structure else None
         entry = {"epoch": self.epoch, "validation_iou": per_structure, "mean_iou": mean, "seconds": round(seconds, 3)}
+        if self.split.test_labels:  # the labels' test part: every metric, as mean over structures
+            entry["test"] = {metric: float(np.mean(list(values.values()))) for metric, values in metrics.items() if values}
         improved = (mean is not None and mean > self.best_score) or not validated
         if improved:
             self.best_score = mean if mean is not None else self.best_score
@@ -249,22 +234,8 @@ class Trainer:
         entry["kept"] = improved
         self.history.append(entry)
         self._log(entry)
-        names = [t.name for t in self.templates.templates]
-        atomic_write_json(
-            self.out_dir / VALIDATION_NAME,
-            {
-                "model": describe(self.loaded),
-                "validated": validated,
-                "note": None if validated else "one template: nothing to validate on, the last epoch is kept",
-                "held_out": [names[i] for i in self.held_out],
-                "trained_on": [names[i] for i in self.train_templates],
-                "split": {"folds": self.config.folds, "fold": self.config.fold, "seed": self.config.seed},
-                "init_adapter": None if self.config.init_adapter is None else str(self.config.init_adapter),
-                "best_epoch": self.best_epoch,
-                "zero_shot_mean_iou": self.history[0]["mean_iou"],
-                "epochs": self.history,
-            },
-        )
+        write_validation(self.out_dir, describe(self.loaded), self.templates, self.labels, self.split, self.config,
+                         self.best_epoch, self.history)
         self._scalars({"validation/mean_iou": mean, **{f"validation/{k}": v for k, v in per_structure.items()}}
                       if mean is not None else {}, self.epoch)
         self.progress({"type": "epoch", **entry})
@@ -299,13 +270,13 @@ class Trainer:
         backpropagated: only the structures it annotates (a mask, or marked absent, which trains
         "absent") are rows; the others add no loss and no memory."""
         generator = self._micro_generator(slot)
-        index = self.train_templates[int(torch.randint(len(self.train_templates), (1,), generator=generator))]
-        x1 = self._specimen_frame(specimen)
+        index = self.split.train_templates[int(torch.randint(len(self.split.train_templates), (1,), generator=generator))]
+        x1 = self.features.specimen(specimen)
         if x1 is None:
             return None
         if self.config.augment:
             x1 = augment(x1, AugmentConfig(), generator)
-        x0 = self._template_frame(index)
+        x0 = self.features.template(index)
         annotated = self.templates.annotated(index)
         names = [name for name, used in zip(self.templates.structures, annotated) if used]
         masks = self.templates.mask_stack(index)[np.asarray(annotated)]
@@ -317,25 +288,50 @@ class Trainer:
             per_structure += output.per_structure.tolist()
         return self.templates.templates[index].name, names, per_structure
 
-    def _train_step(self, micro_batches: list[tuple[int, Path]]) -> dict | None:
-        """One optimiser step: this rank's micro-batches (slot, specimen), gradients summed over
-        the ranks; None when no rank could read any of its specimens (no step is taken)."""
+    def _supervised(self, index: int) -> tuple[list[str], list[float]] | None:
+        """Labelled specimen `index` predicted from every training template's memory, its loss
+        (over the global micro-batch count) backpropagated; None when it annotates nothing a
+        template remembers."""
+        label = self.features.annotated(self.labels, index, self.features.label(index))
+        templates = [self.features.annotated(self.templates, i, self.features.template(i))
+                     for i in self.split.train_templates]
+        count = len(self.templates.structures)
+        names, per_structure = [], []
+        for rows in torch.arange(count).split(self._structures_per_pass(count)):
+            output = supervised_step(self.encoder, templates, label, rows.tolist(), self.config.loss)
+            if output.structures:
+                (output.loss / self.global_batch).backward()
+                names += [self.templates.structures[k] for k in output.structures]
+                per_structure += output.per_structure.tolist()
+        return (names, per_structure) if names else None
+
+    def _train_step(self, micro_batches: list[tuple[int, tuple[str, Path | int]]]) -> dict | None:
+        """One optimiser step: this rank's micro-batches (slot, item), gradients summed over the
+        ranks; None when no rank could use any of its items (no step is taken). An item is a
+        palindrome on an unlabelled specimen or a supervised step on a labelled one."""
         training_mode(self.loaded.sam)
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         losses: dict[str, list[float]] = {}
-        templates, specimens = [], []
-        for slot, specimen in micro_batches:
-            done = self._palindromes(slot, specimen)
+        templates, specimens, labels = [], [], []
+        for slot, (kind, item) in micro_batches:
+            if kind == "label":
+                done = self._supervised(item)
+                if done is not None:
+                    labels.append(self.labels.templates[item].name)
+            else:
+                done = self._palindromes(slot, item)
+                if done is not None:
+                    template, *done = done
+                    templates.append(template)
+                    specimens.append(item.name)
             if done is None:
                 continue
-            template, names, per_structure = done
+            names, per_structure = done
             for name, value in zip(names, per_structure):
                 losses.setdefault(name, []).append(value)
-            templates.append(template)
-            specimens.append(specimen.name)
         self.dist.sum_gradients(self.params)
-        mine = [float(np.sum([sum(v) for v in losses.values()])), float(len(specimens))]
+        mine = [float(np.sum([sum(v) for v in losses.values()])), float(len(specimens) + len(labels))]
         loss, used = self.dist.sum(mine, self.loaded.device)
         if used == 0:
             return None
@@ -346,12 +342,13 @@ class Trainer:
         return {
             "step": self.step,
             "epoch": self.epoch,
-            "loss": round(loss / used, 6),  # a palindrome's loss (summed over its structures), mean over the step
+            "loss": round(loss / used, 6),  # a micro-batch's loss (summed over its structures), mean over the step
             "per_structure": {n: round(float(np.mean(v)), 6) for n, v in losses.items()},  # this rank's
             "lr": self.scheduler.get_last_lr()[0],
             "seconds": round(time.perf_counter() - start, 4),
             "templates": templates,
             "specimens": specimens,
+            "labels": labels,
         }
 
     def _structures_per_pass(self, count: int) -> int:
@@ -371,15 +368,15 @@ class Trainer:
         per_structure = ACTIVATIONS_PER_STRUCTURE_1024 * (self.loaded.image_size / 1024) ** 2
         return max(1, int(CPU_ACTIVATION_BUDGET // per_structure))
 
-    def _epoch_order(self) -> list[Path]:
-        """The epoch's specimens, steps × global batch of them: a permutation drawn from the seed
-        and the epoch alone (every rank draws the same), so one epoch visits every specimen once
-        and later epochs find them all in the feature cache."""
+    def _epoch_order(self) -> list[tuple[str, Path | int]]:
+        """The epoch's items, steps × global batch of them: a permutation drawn from the seed and
+        the epoch alone (every rank draws the same), so one epoch visits every item once and
+        later epochs find them all in the feature cache."""
         generator = torch.Generator().manual_seed(self.config.seed * 7_919 + self.epoch)
         need = self.steps_per_epoch * self.global_batch
-        order: list[Path] = []
+        order: list[tuple[str, Path | int]] = []
         while len(order) < need:
-            order += [self.specimens[i] for i in torch.randperm(len(self.specimens), generator=generator)]
+            order += [self.items[i] for i in torch.randperm(len(self.items), generator=generator)]
         return order[:need]
 
     def run(self) -> TrainResult:
@@ -394,8 +391,7 @@ class Trainer:
         finally:
             if self.board is not None:
                 self.board.close()
-            if self.cache is not None:
-                self.cache.close()
+            self.features.close()
 
     def _run(self) -> TrainResult:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -423,4 +419,4 @@ class Trainer:
                     self._record_epoch(time.perf_counter() - start)
                     self._save_state()
         self.loaded.sam.eval()
-        return TrainResult(self.out_dir, self.best_epoch, self.history, bool(self.held_out))
+        return TrainResult(self.out_dir, self.best_epoch, self.history, self.split.validated)

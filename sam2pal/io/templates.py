@@ -126,6 +126,17 @@ def _same_stem(candidate: str, wanted: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class ImageRole:
+    """What the images of a COCO file are, for messages: templates, or labelled specimens."""
+
+    noun: str
+    folder_flag: str
+
+
+TEMPLATE_IMAGES = ImageRole("template", "--template-images")
+
+
 class _ImageFinder:
     """Finds the file a COCO file_name means among the files the user actually has.
 
@@ -136,9 +147,10 @@ class _ImageFinder:
     hash, the stem. The --template-images folder comes before the JSON's folder.
     """
 
-    def __init__(self, json_path: Path, image_dir: Path | None) -> None:
+    def __init__(self, json_path: Path, image_dir: Path | None, role: ImageRole = TEMPLATE_IMAGES) -> None:
         self.json_path = json_path
         self.image_dir = image_dir
+        self.role = role
         self.folders = [folder for folder in (image_dir, json_path.parent) if folder is not None]
         self._listings: dict[Path, list[Path]] = {}
 
@@ -164,7 +176,7 @@ class _ImageFinder:
                 if len(found) > 1:
                     names = ", ".join(entry.name for entry in found[:3])
                     raise SamPalError(
-                        f"template image {file_name} (from {self.json_path}) could be any of "
+                        f"{self.role.noun} image {file_name} (from {self.json_path}) could be any of "
                         f"{names} in {folder}; rename the file that was annotated to {wanted}"
                     )
                 if found:
@@ -173,8 +185,8 @@ class _ImageFinder:
             "" if self.image_dir is None else f" and in {self.image_dir}"
         )
         raise SamPalError(
-            f"template image not found: {file_name} (from {self.json_path}; looked {looked_in}); "
-            "put it there or pass --template-images DIR"
+            f"{self.role.noun} image not found: {file_name} (from {self.json_path}; looked {looked_in}); "
+            f"put it there or pass {self.role.folder_flag} DIR"
         )
 
 
@@ -225,7 +237,7 @@ def _load_coco_template(
         header = image_header(path)
         pixels = load_image(path, max_pixels)
     except SamPalError as error:
-        raise SamPalError(f"{json_path}: template image {image.id}: {error}") from error
+        raise SamPalError(f"{json_path}: {finder.role.noun} image {image.id}: {error}") from error
     size = None if image.width is None or image.height is None else (image.width, image.height)
     where = f"{json_path}: image {image.id} ({image.file_name})"
     orientation = _orientation_for(header, size, where, "annotations", warnings)
@@ -239,7 +251,7 @@ def _load_coco_template(
     )
 
 
-def _usable_structures(coco: CocoFile, templates: list[CocoImage], warnings: list[str]) -> list[str]:
+def _usable_structures(coco: CocoFile, templates: list[CocoImage], warnings: list[str], noun: str) -> list[str]:
     """Categories with an example (an annotation, or 'absent' on every template). Others are
     skipped with a warning: exports carry helper categories and labels nobody used."""
     annotated = {annotation.structure for image in templates for annotation in image.annotations}
@@ -251,7 +263,7 @@ def _usable_structures(coco: CocoFile, templates: list[CocoImage], warnings: lis
         skipped = coco.skipped[name]
         why = f"no usable annotation ({skipped} without a mask or polygon)" if skipped else "no annotation"
         warnings.append(f"{coco.path}: category '{name}' (id {coco.category_ids[name][0]}) has {why} on any "
-                        "template: skipped")
+                        f"{noun}: skipped")
     return usable
 
 
@@ -259,17 +271,19 @@ def load_coco_templates(
     json_path: str | Path,
     image_dir: str | Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    role: ImageRole = TEMPLATE_IMAGES,
 ) -> TemplateSet:
     """Templates from a COCO file: every image with at least one annotation; one mask per
-    category per image, several annotations of a category OR-ed (two eyes are one 'eye')."""
+    category per image, several annotations of a category OR-ed (two eyes are one 'eye').
+    `role` names the images in messages (labelled specimens load the same way)."""
     json_path = Path(json_path)
     image_dir = None if image_dir is None else Path(image_dir)
     if image_dir is not None and not image_dir.is_dir():
         raise SamPalError(
-            f"template image folder not found: {image_dir}; pass an existing folder to "
-            "--template-images"
+            f"{role.noun} image folder not found: {image_dir}; pass an existing folder to "
+            f"{role.folder_flag}"
         )
-    coco = read_coco(json_path, "template file")
+    coco = read_coco(json_path, f"{role.noun} file")
     images = [image for image in coco.images if image.annotations]
     if not images:
         raise SamPalError(
@@ -277,8 +291,8 @@ def load_coco_templates(
             "polygon or mask"
         )
     warnings = list(coco.warnings)
-    structures = _usable_structures(coco, images, warnings)
-    finder = _ImageFinder(json_path, image_dir)
+    structures = _usable_structures(coco, images, warnings, role.noun)
+    finder = _ImageFinder(json_path, image_dir, role)
     templates = [
         _load_coco_template(json_path, image, finder, max_pixels, warnings) for image in images
     ]
