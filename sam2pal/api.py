@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 from sam2pal import __version__
 from sam2pal.engine.propagate import Decoding, Propagator, predict_collection
 from sam2pal.engine.qc import QCConfig
+from sam2pal.engine.routing import library_identity, predict_with_library
 from sam2pal.engine.trainer import Trainer, TrainConfig, TrainResult
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import DEFAULT_MAX_PIXELS, list_images, scan_images
@@ -25,6 +26,7 @@ from sam2pal.io.records import OutputOptions
 from sam2pal.io.templates import TemplateSet, load_templates
 from sam2pal.model.adapters import WEIGHTS_NAME, load_adapter, load_weights, read_adapter_config
 from sam2pal.model.build import LoadedModel, describe, file_sha256, load_model
+from sam2pal.model.library import AdapterLibrary
 
 if TYPE_CHECKING:
     from sam2pal.cluster.ray_predict import RaySettings
@@ -127,13 +129,17 @@ def predict(
     qc: QCConfig | None = QCConfig(),
     orientation: str = "none",
     ray: "RaySettings | None" = None,
+    library: str | Path | None = None,
+    min_confidence: float = 0.5,
 ) -> dict:
     """Propagate every structure to every image; write OUT (COCO, masks, overlays, report).
 
     An earlier run into out_dir is completed, not repeated: images it segmented are kept as they
     are (unless options.overwrite). Files in the folder that are not images are listed in the
     report as skipped. With `ray`, the images go through a pool of Ray actors
-    (`cluster.ray_predict`); the outputs are the same.
+    (`cluster.ray_predict`); the outputs are the same. With `library` (an adapter library
+    folder) each image is segmented by the adapter the selector picks for it
+    (`engine.routing`); below `min_confidence` by the base model, and flagged.
     """
     if batch_size < 1:
         raise SamPalError(f"--batch-size {batch_size} must be at least 1")
@@ -153,6 +159,12 @@ def predict(
         params["images"] = str(images)
     if adapter is not None:
         load_adapter(model, adapter)
+    routed = None
+    if library is not None:
+        if model.adapter_dir is not None or ray is not None:
+            raise SamPalError("--adapters picks an adapter per image: pass it without --adapter and --ray")
+        routed = AdapterLibrary(library)
+        params["adapter_library"] = library_identity(routed, model, min_confidence)
     info = provenance(model, templates, **params)
     writer = PredictionWriter(out_dir, list(templates.structures), info, _result_identity(info), options)
     for entry in skipped:
@@ -166,6 +178,9 @@ def predict(
                           None if model.adapter_dir is None else str(Path(model.adapter_dir).resolve()),
                           templates, str(Path(out_dir).resolve()), options, qc, orientation, decoding)
         predict_on_ray(spec, writer, todo, batch_size, ray, progress)
+    elif todo and routed is not None:
+        predict_with_library(model, templates, routed, todo, writer, batch_size, decoding, min_confidence, qc,
+                             orientation, progress)
     elif todo:
         propagator = Propagator(model, templates, qc=qc, orientation=orientation)
         predict_collection(propagator, todo, writer, batch_size, decoding, progress)

@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     _image_args(predict)
     predict.add_argument("--out", type=Path, required=True, help="output folder")
     predict.add_argument("--adapter", type=Path, help="adapter folder from `sam2pal train`")
+    predict.add_argument("--adapters", type=Path, metavar="LIBRARY", help="an adapter library (`sam2pal adapters "
+                         "add`): each specimen is segmented by the adapter its photo looks closest to; report.json "
+                         "records which and the selector's confidence")
+    predict.add_argument("--min-confidence", type=float, default=0.5, help="with --adapters: below this "
+                         "confidence the base model segments the specimen and it is flagged (default 0.5)")
     _predict_args(predict)
     _model_args(predict)
 
@@ -182,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     labelled.add_argument("--supervised-only", action="store_true",
                           help="with --labels: no palindrome steps on the unlabelled specimens")
     labelled.add_argument("--loss-weights", default="", metavar="TERM=W,…",
-                          help="weights of the supervised loss (default dice=1,focal=20,iou=1,score=1,bce=0; "
-                               "iou: the IoU head, score: the object score)")
+                          help="weights of the supervised loss (default dice=1,bce=1,focal=0,iou=1,score=1; iou: "
+                               "the IoU head, score: the object score; Meta's SAM2 recipe is focal=20,bce=0)")
     _train_args(train)
     _model_args(train)
 
@@ -215,6 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
                           help="boundary F1 counts a boundary pixel as matched within this many pixels (default 2)")
     evaluate.add_argument("--out", type=Path, help="write metrics.csv, metrics.json and metrics.png here")
 
+    adapters = commands.add_parser("adapters", help="an adapter library: one adapter per collection, picked per "
+                                   "photo by `predict --adapters`")
+    library_commands = adapters.add_subparsers(dest="action", required=True)
+    add = library_commands.add_parser("add", help="copy an adapter into the library with reference embeddings of "
+                                      "its collection's photos (for the selector)")
+    add.add_argument("name", help="the adapter's name in the library (letters, digits, . _ -)")
+    add.add_argument("adapter_dir", type=Path, help="adapter folder from `sam2pal train`")
+    add.add_argument("--images", type=Path, required=True, help="photos of the collection it was trained for "
+                     "(up to --references of them are embedded)")
+    add.add_argument("--references", type=int, default=32, help="photos embedded for the selector (default 32)")
+    for command in (add, library_commands.add_parser("list", help="the library's adapters"),
+                    library_commands.add_parser("remove", help="take an adapter out of the library")):
+        command.add_argument("--library", type=Path, required=True, help="the library folder")
+    library_commands.choices["remove"].add_argument("name")
+    add.add_argument("--model", help="the adapter's base model (default: the one its config names)")
+    add.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+
     commands.add_parser("serve", add_help=False, help="start the web app (the flags of app.py; "
                         "`sam2pal serve --help` lists them)")
 
@@ -240,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     bench.add_argument("--specimens", type=int, default=8, help="specimens for the predict timing, or per "
                        "collection with --quality")
-    bench.add_argument("--steps", type=int, default=4, help="training steps per timing")
+    bench.add_argument("--steps", type=int, default=4, help="training steps per timing (--labels: per epoch)")
     bench.add_argument("--compile", action="store_true", help="also time prediction with --compile")
     bench.add_argument("--scale", type=int, nargs="+", metavar="N",
                        help="instead: peak RSS of `predict` runs on N specimens each (e.g. --scale 50 500), "
@@ -265,7 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--finetune-seeds", type=int, default=2,
                          help="collections per shifted domain for the fine-tuning rows (0 skips them; default 2)")
     quality.add_argument("--finetune-epochs", type=int, default=4, help="epochs of each fine-tune (default 4)")
-    quality.add_argument("--out", type=Path, help="also write quality.json and quality.md here")
+    quality.add_argument("--out", type=Path, help="also write quality.json and quality.md here (--labels: "
+                         "labels.json, labels.md and, with matplotlib, labels.png)")
+    quality.add_argument("--labels", action="store_true", help="instead: label-efficiency curve, held-out IoU after "
+                         "supervised fine-tuning on 0-20 labelled specimens beside palindrome fine-tuning, on "
+                         "shifted domains (--finetune-seeds collections each, --finetune-epochs × --steps steps)")
     return parser
 
 
@@ -313,12 +339,12 @@ def _train_config(args: argparse.Namespace):
     same_names = ("epochs", "steps_per_epoch", "mode", "lr", "lora_rank", "lora_encoder", "cycle_memory",
                   "structures_per_pass", "low_memory", "max_pixels", "seed", "folds", "fold", "accumulate",
                   "init_adapter", "warmup_steps", "tensorboard")  # flags named as TrainConfig's fields
-    from sam2pal.engine.losses import FINE_TUNING, LossWeights
+    from sam2pal.engine.losses import LossWeights
 
     return TrainConfig(**{name: getattr(args, name) for name in same_names},
                        cache_bytes=int(args.feature_cache_gb * 2**30), cache_dir=args.feature_cache_dir,
                        augment=not args.no_augment, supervised_only=getattr(args, "supervised_only", False),
-                       loss=LossWeights.parse(getattr(args, "loss_weights", ""), FINE_TUNING))
+                       loss=LossWeights.parse(getattr(args, "loss_weights", "")))
 
 
 def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path | None = None):
@@ -361,6 +387,44 @@ def _train(args: argparse.Namespace, model, templates, out: Path, resume: Path |
     return result
 
 
+def _adapters(args: argparse.Namespace) -> int:
+    from sam2pal.model.library import AdapterLibrary
+
+    library = AdapterLibrary(args.library)
+    if args.action == "add":
+        import numpy as np
+
+        from sam2pal.engine.frames import Encoder
+        from sam2pal.engine.selector import embed
+        from sam2pal.io.images import list_images, load_photo
+        from sam2pal.model.adapters import check_base, read_adapter_config
+        from sam2pal.model.build import load_model
+
+        config = read_adapter_config(args.adapter_dir)
+        if args.references < 1:
+            raise SamPalError(f"--references {args.references} must be at least 1")
+        model = load_model(args.model or config.base_model, config.image_size, args.device)
+        check_base(model, config, args.adapter_dir)
+        photos = list_images(args.images)[: args.references]
+        encoder = Encoder(model)
+        images = [load_photo(path, model.image_size, model.image_size).image for path in photos]
+        references = np.concatenate([embed(encoder, images[i : i + 8]) for i in range(0, len(images), 8)])
+        entry = library.add(args.name, args.adapter_dir, references, [p.name for p in photos])
+        print(f"added {entry.name} to {library.folder}: {entry.size_bytes / 2**20:.2f} MB, {entry.references} "
+              f"reference photos, base {entry.base_model}")
+    elif args.action == "remove":
+        library.remove(args.name)
+        print(f"removed {args.name} from {library.folder}")
+    else:
+        entries = library.entries()
+        print(f"{library.folder}: {len(entries)} adapter(s)")
+        for e in entries:
+            trained = e.trained_on.get("templates") or []
+            print(f"{e.name}\t{e.size_bytes / 2**20:.2f} MB\t{e.added}\tbase {e.base_model}\t{e.references} "
+                  f"references\t{len(trained)} template(s)\t{', '.join(e.structures)}")
+    return EXIT_OK
+
+
 def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -> int:
     from sam2pal.api import predict
     from sam2pal.io.records import OutputOptions
@@ -385,7 +449,8 @@ def _predict(args: argparse.Namespace, model, templates, adapter: Path | None) -
         ray = RaySettings(None if args.ray == "local" else args.ray, args.ray_workers, args.gpus_per_worker,
                           args.cpus_per_worker)
     report = predict(model, templates, args.images, args.out, adapter, args.batch_size, args.max_pixels,
-                     progress, options, qc, args.orientation_search, ray)
+                     progress, options, qc, args.orientation_search, ray, getattr(args, "adapters", None),
+                     getattr(args, "min_confidence", 0.5))
     if bar is not None:
         bar.close()
     for item in report["images"]:
@@ -490,6 +555,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from sam2pal.bench import run_bench, run_scale
 
+        if args.labels:
+            from sam2pal.bench_labels import run_labels
+
+            run_labels(args.model or "synthetic:256", args.image_size[0] if args.image_size else None, args.device,
+                       args.finetune_seeds, args.finetune_epochs, args.steps, args.out)
+            return EXIT_OK
         if args.quality:
             from sam2pal.bench_quality import run_quality
 
@@ -530,6 +601,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.command == "check":
         return _check(args)
+    if args.command == "adapters":
+        return _adapters(args)
     if args.command == "evaluate":
         return _evaluate(args)
     templates = _templates(args)

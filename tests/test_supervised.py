@@ -13,7 +13,7 @@ import torch
 from sam2pal.api import load_templates
 from sam2pal.cli import main
 from sam2pal.engine.frames import Encoder, resize_masks
-from sam2pal.engine.losses import FINE_TUNING, LossWeights
+from sam2pal.engine.losses import LossWeights
 from sam2pal.engine.palindrome import training_mode
 from sam2pal.engine.supervised import Annotated, supervised_step
 from sam2pal.engine.trainer import LOG_NAME, VALIDATION_NAME, TrainConfig, Trainer
@@ -58,11 +58,11 @@ def test_only_structures_a_label_annotates_add_loss_and_absent_ones_train_absent
     name = templates.structures[k]
     training_mode(synthetic.sam)
     try:
-        full = supervised_step(encoder, memory, _annotated(encoder, labels, 0), every, FINE_TUNING)
+        full = supervised_step(encoder, memory, _annotated(encoder, labels, 0), every, LossWeights())
         not_annotated = supervised_step(encoder, memory, _annotated(encoder, _drop(labels, 0, name, False), 0),
-                                        every, FINE_TUNING)
+                                        every, LossWeights())
         absent = supervised_step(encoder, memory, _annotated(encoder, _drop(labels, 0, name, True), 0),
-                                 every, FINE_TUNING)
+                                 every, LossWeights())
     finally:
         synthetic.sam.eval()
     assert full.structures == shown and absent.structures == shown
@@ -134,15 +134,15 @@ def _label_iou(trainer: Trainer) -> float:
 
 
 def test_loss_weights_parse_and_refuse_with_the_field_named():
-    assert LossWeights.parse("", FINE_TUNING) == FINE_TUNING
-    weights = LossWeights.parse("dice=2, focal=0,bce=1", FINE_TUNING)
-    assert (weights.dice, weights.focal, weights.bce, weights.iou) == (2.0, 0.0, 1.0, FINE_TUNING.iou)
+    assert LossWeights.parse("") == LossWeights()
+    weights = LossWeights.parse("dice=2, focal=20,bce=0")
+    assert (weights.dice, weights.focal, weights.bce, weights.iou) == (2.0, 20.0, 0.0, LossWeights().iou)
     with pytest.raises(SamPalError, match="unknown term 'tversky'"):
-        LossWeights.parse("tversky=1", FINE_TUNING)
+        LossWeights.parse("tversky=1")
     with pytest.raises(SamPalError, match="'focal=lots' needs a number"):
-        LossWeights.parse("focal=lots", FINE_TUNING)
+        LossWeights.parse("focal=lots")
     with pytest.raises(SamPalError, match="dice=-1.0 must be zero or more"):
-        LossWeights.parse("dice=-1", FINE_TUNING)
+        LossWeights.parse("dice=-1")
 
 
 def test_labels_with_a_category_the_templates_lack_are_refused(labelled, tmp_path):
@@ -164,7 +164,7 @@ def test_train_labels_from_the_command_line(labelled, tmp_path, capsys):
     out = tmp_path / "cli"
     code = main(["train", "--model", "synthetic:256", "--templates", str(labelled / "templates.json"),
                  "--images", str(labelled / "specimens"), "--labels", str(labelled / "ground_truth.json"),
-                 "--out", str(out), "--epochs", "1", "--mode", "decoder", "--loss-weights", "focal=10", "--quiet"])
+                 "--out", str(out), "--epochs", "1", "--mode", "decoder", "--loss-weights", "focal=10,bce=0", "--quiet"])
     assert code == 0
     validation = json.loads((out / VALIDATION_NAME).read_text())
     assert len(validation["labels"]["held_out"]) == 2 and validation["epochs"][-1]["test"]["iou"] >= 0

@@ -264,8 +264,10 @@ def predict_collection(
     batch_size: int = 4,
     decoding: Decoding | None = None,
     progress: ProgressFn | None = None,
+    adapters: dict[str, dict] | None = None,
 ) -> None:
-    """Predict `paths` in batches and hand each result to `writer` as it comes.
+    """Predict `paths` in batches and hand each result to `writer` as it comes; `adapters`
+    says per file name which library adapter this is (recorded with the image).
 
     Memory stays bounded whatever the collection size: one batch is held at a time. A file that
     cannot be read is recorded as a failure and the batch goes on without it.
@@ -273,7 +275,8 @@ def predict_collection(
     decoding = decoding or Decoding(propagator.loaded.image_size)
 
     def write(item: Loaded, prediction: Prediction, seconds: float) -> None:
-        writer.add(item.path, item.photo.image, prediction.boxes, prediction.scores, seconds, **record_fields(prediction))
+        writer.add(item.path, item.photo.image, prediction.boxes, prediction.scores, seconds, **record_fields(prediction),
+                   adapter=(adapters or {}).get(item.path.name))
 
     done = 0
     for batch in prefetched_batches(paths, batch_size, decoding):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from sam2pal.engine.losses import FINE_TUNING, LossWeights
+from sam2pal.engine.losses import LossWeights
 from sam2pal.engine.palindrome import CYCLE_MEMORIES
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import DEFAULT_MAX_PIXELS
@@ -42,7 +42,7 @@ class TrainConfig:
     warmup_steps: int | None = None  # linear warm-up before the cosine decay; default 5% of the steps
     tensorboard: Path | None = None  # also write loss, learning rate and validation IoU there
     supervised_only: bool = False  # with labels: no palindrome steps on the unlabelled specimens
-    loss: LossWeights = field(default_factory=lambda: FINE_TUNING)  # of the supervised steps
+    loss: LossWeights = field(default_factory=LossWeights)  # of the supervised steps
 
     def __post_init__(self) -> None:
         if self.folds < 2:

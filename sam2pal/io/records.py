@@ -85,6 +85,7 @@ class RecordWriter:
         seconds: float | None = None,
         quality: list[dict] | None = None,
         orientation: str | None = None,
+        adapter: dict | None = None,
     ) -> dict:
         """Queue the image's files under `stem`; returns its record (written after the files).
 
@@ -92,6 +93,8 @@ class RecordWriter:
         the overlay is made at review size from it. `quality` holds one quality-check dict per
         structure (round_trip_iou, confidence, area_ratio, flags); it goes into the report and
         onto each COCO annotation as `qc_*` fields, so a reviewer (or another tool) can sort by it.
+        `adapter`: which library adapter segmented the image and the selector's confidence; one
+        the selector did not trust (`name` None) flags the image "adapter uncertain".
         """
         boxes = [mask if isinstance(mask, BoxMask) else BoxMask.from_dense(mask) for mask in masks]
         if len(boxes) != len(self.structures):
@@ -132,7 +135,7 @@ class RecordWriter:
                 "error": None,
                 "seconds": None if seconds is None else float(seconds),
                 "structures": per_structure,
-                **review_fields(quality, orientation),
+                **review_fields(quality, orientation, adapter),
                 # names as written (cleaned, made unique), so nobody has to rebuild them
                 "files": {"masks": dict(zip(self.structures, mask_files)), "overlay": overlay_file},
             },

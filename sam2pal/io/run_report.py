@@ -25,16 +25,26 @@ def entry_files(entry: dict) -> list[str]:
     return [*entry["files"]["masks"].values(), entry["files"]["overlay"]]
 
 
-def review_fields(quality: list[dict] | None, orientation: str | None) -> dict:
+ADAPTER_UNCERTAIN = "adapter uncertain"
+
+
+def review_fields(quality: list[dict] | None, orientation: str | None, adapter: dict | None = None) -> dict:
     """Per image: the worst structure's round-trip IoU (the number to sort a review by), all
-    flags, and the orientation kept by an orientation search."""
+    flags, the orientation kept by an orientation search, and the library adapter chosen."""
     fields: dict = {}
     if orientation is not None:
         fields["orientation"] = orientation
+    flags: set[str] = set()
     if quality is not None:
         trips = [q["round_trip_iou"] for q in quality if q.get("round_trip_iou") is not None]
         fields["qc_score"] = min(trips) if trips else None
-        fields["flags"] = sorted({flag for q in quality for flag in q.get("flags", [])})
+        flags = {flag for q in quality for flag in q.get("flags", [])}
+    if adapter is not None:
+        fields["adapter"] = adapter
+        if adapter["name"] is None:
+            flags.add(ADAPTER_UNCERTAIN)
+    if quality is not None or flags:
+        fields["flags"] = sorted(flags)
     return fields
 
 
@@ -123,6 +133,6 @@ class RunReport:
         entry["structures"][structure] = {"area": area, "score": None, "corrected": True}
         if "qc_score" in entry:
             checked = [s["qc"] for s in entry["structures"].values() if "qc" in s]
-            entry.update(review_fields(checked, entry.get("orientation")))
+            entry.update(review_fields(checked, entry.get("orientation"), entry.get("adapter")))
         self.data["review_order"] = review_order(self.data["images"])
         return entry

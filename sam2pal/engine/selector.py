@@ -1,0 +1,45 @@
+"""Which adapter of a library a photo belongs to: its nearest reference photos.
+
+A photo's embedding is the mean and spread of the base model's coarsest image features (the
+encoder is never adapted by default, so every adapter sees the same features): what a
+collection's setup, background and body plan look like. Each adapter keeps the embeddings of
+its training photos; a photo scores each adapter by its closest references, and a softmax over
+the adapters gives the confidence. Below `min_confidence` no adapter is trusted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sam2pal.engine.frames import Encoder
+
+TEMPERATURE = 0.02  # cosine similarities of photos differ by hundredths between collections
+NEAREST = 3
+
+
+@torch.no_grad()
+def embed(encoder: Encoder, images: list[np.ndarray]) -> np.ndarray:
+    """(N, 2C) unit vectors: per channel mean and standard deviation of the coarsest features."""
+    top = encoder.encode_images(images).levels[-1].float()
+    pooled = torch.cat([top.mean(dim=(2, 3)), top.std(dim=(2, 3))], dim=1)
+    return torch.nn.functional.normalize(pooled, dim=1).cpu().numpy()
+
+
+@dataclass
+class Choice:
+    adapter: str | None  # None: no adapter is trusted, the base model segments
+    best: str  # the closest adapter, trusted or not
+    confidence: float  # softmax probability of `best`
+
+
+def choose(embedding: np.ndarray, references: dict[str, np.ndarray], min_confidence: float) -> Choice:
+    names = sorted(references)
+    scores = np.array([np.sort(references[name] @ embedding)[-NEAREST:].mean() for name in names])
+    weights = np.exp((scores - scores.max()) / TEMPERATURE)
+    probabilities = weights / weights.sum()
+    best = int(np.argmax(probabilities))
+    confidence = float(probabilities[best])
+    return Choice(names[best] if confidence >= min_confidence else None, names[best], confidence)
