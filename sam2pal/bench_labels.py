@@ -18,11 +18,13 @@ import numpy as np
 
 from sam2pal.engine.trainer import TrainConfig, Trainer
 from sam2pal.errors import SamPalError
+from sam2pal.io.files import atomic_write_bytes
 from sam2pal.io.images import list_images
 from sam2pal.io.labels import load_labels
 from sam2pal.io.templates import TemplateSet, load_coco_templates
 from sam2pal.model.adapters import load_weights
 from sam2pal.model.build import describe, load_model
+from sam2pal.plots import label_curve
 from sam2pal.quality import score_collection
 from sam2pal.synthetic.domains import CollectionFiles, write_collection
 
@@ -46,32 +48,6 @@ def _fine_tuned_iou(model: str, image_size: int | None, device: str, templates: 
     result = Trainer(loaded, templates, specimens, out, config, labels=labels).run()
     load_weights(loaded.sam, result.adapter_dir)
     return float(np.mean([s.iou for s in score_collection(loaded, test, templates=len(templates.templates), qc=False)]))
-
-
-def _plot(curve: dict[str, dict], path: Path) -> bool:
-    """The curve as a PNG; False when matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
-    for domain, row in curve.items():
-        counts = sorted(int(n) for n in row["supervised"])
-        line, = axis.plot(counts, [row["supervised"][str(n)] for n in counts], marker="o", label=f"{domain}: supervised")
-        axis.axhline(row["palindrome"], color=line.get_color(), linestyle="--", label=f"{domain}: palindrome")
-    axis.set_xscale("symlog", linthresh=1)
-    axis.set_xticks(COUNTS, [str(n) for n in COUNTS])
-    axis.set_xlabel("labelled specimens")
-    axis.set_ylabel("held-out IoU (mean over structures)")
-    axis.set_title("label efficiency (synthetic, trained on synthetic specimens only)", fontsize=9)
-    axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-    return True
 
 
 def run_labels(model: str, image_size: int | None, device: str, seeds: int, epochs: int, steps: int,
@@ -124,6 +100,9 @@ def run_labels(model: str, image_size: int | None, device: str, seeds: int, epoc
         out.mkdir(parents=True, exist_ok=True)
         (out / "labels.json").write_text(json.dumps(numbers, indent=1))
         (out / "labels.md").write_text("\n".join(header) + "\n")
-        drawn = _plot(curve, out / "labels.png")
-        print(f"{'wrote' if drawn else 'no matplotlib: skipped'} {out / 'labels.png'}", flush=True)
+        png = label_curve(curve, COUNTS)
+        if png is not None:
+            atomic_write_bytes(out / "labels.png", png)
+        print(f"{'wrote' if png else 'no matplotlib (pip install sam2pal[plots]): skipped'} {out / 'labels.png'}",
+              flush=True)
     return numbers

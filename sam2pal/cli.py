@@ -508,8 +508,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"note: {note}", file=sys.stderr)
     print("\n".join(summary_lines(evaluation)))
     if args.out is not None:
-        for path in write_evaluation(evaluation, args.out):
+        written = write_evaluation(evaluation, args.out)
+        for path in written:
             print(f"wrote {path}")
+        if len(written) == 2:
+            print("note: no metrics.png without matplotlib: pip install 'sam2pal[plots]'", file=sys.stderr)
     return EXIT_OK
 
 

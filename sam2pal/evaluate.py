@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 
 from sam2pal.errors import SamPalError
 from sam2pal.io.coco import (
@@ -27,9 +26,9 @@ from sam2pal.io.coco import (
     structure_masks,
     without_upload_prefix,
 )
-from sam2pal.io.files import atomic_save_image, atomic_write_bytes, atomic_write_json
-from sam2pal.io.overlays import structure_color
+from sam2pal.io.files import atomic_write_bytes, atomic_write_json
 from sam2pal.metrics import Summary, boundary_f1, dice, iou, summarize
+from sam2pal.plots import distribution_plot
 
 METRICS = ("iou", "dice", "boundary_f1")
 _METRIC_TITLES = {"iou": "IoU", "dice": "Dice", "boundary_f1": "boundary F1"}
@@ -237,74 +236,19 @@ def _csv(evaluation: Evaluation) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def _label(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, room: float) -> str:
-    """text shortened with an ellipsis until it fits `room` pixels."""
-    while len(text) > 1 and draw.textlength(text, font=font) > room:
-        text = text[:-2] + "…"
-    return text
-
-
-def distribution_plot(evaluation: Evaluation) -> Image.Image:
-    """One panel per metric: each structure's values as dots over a box (quartiles, median) with
-    whiskers to min and max, in the structure's overlay colour."""
-    names = evaluation.structures
-    column, top, left, bottom, plot_height = 64, 34, 40, 46, 240
-    panel_width = left + column * len(names) + 12
-    canvas = Image.new("RGB", (panel_width * len(METRICS), top + plot_height + bottom), "white")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=12)
-    for panel, metric in enumerate(METRICS):
-        x0 = panel * panel_width + left
-        title = _METRIC_TITLES[metric]
-        if metric == "boundary_f1":
-            title += f" (within {evaluation.boundary_tol_px:g} px)"
-        draw.text((x0, 8), title, fill="black", font=font)
-
-        def y_of(value: float) -> float:
-            return top + (1 - value) * plot_height
-
-        for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-            y = y_of(tick)
-            draw.line([(x0, y), (x0 + column * len(names), y)], fill=(225, 225, 225))
-            draw.text((x0 - 34, y - 7), f"{tick:.2f}", fill=(90, 90, 90), font=font)
-        draw.line([(x0, top), (x0, top + plot_height)], fill="black")
-        for index, name in enumerate(names):
-            values = np.array(
-                [getattr(s, metric) for s in evaluation.scores if s.structure == name]
-            )
-            center = x0 + column * index + column / 2
-            color = structure_color(index)
-            low, q1, median, q3, high = np.percentile(values, [0, 25, 50, 75, 100])
-            draw.line([(center, y_of(low)), (center, y_of(high))], fill=(60, 60, 60))
-            for end in (low, high):
-                draw.line([(center - 6, y_of(end)), (center + 6, y_of(end))], fill=(60, 60, 60))
-            draw.rectangle(
-                [center - 14, y_of(q3), center + 14, y_of(q1)], fill="white", outline=(60, 60, 60)
-            )
-            draw.line(
-                [(center - 14, y_of(median)), (center + 14, y_of(median))], fill="black", width=2
-            )
-            for number, value in enumerate(values):
-                dx = (
-                    ((number * 0.618034) % 1 - 0.5) * column * 0.6
-                )  # spread, not random: reproducible
-                x, y = center + dx, y_of(float(value))
-                draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=color)
-            label = _label(draw, name, font, column - 4)
-            draw.text(
-                (center - draw.textlength(label, font=font) / 2, top + plot_height + 8),
-                label,
-                fill="black",
-                font=font,
-            )
-    return canvas
-
-
 def write_evaluation(evaluation: Evaluation, out_dir: str | Path) -> list[Path]:
-    """metrics.csv (image × structure), metrics.json and metrics.png in out_dir, atomically."""
+    """metrics.csv (image × structure), metrics.json and, with matplotlib, metrics.png (one box
+    plot per metric) in out_dir, atomically; the paths written."""
     out_dir = Path(out_dir)
-    paths = [out_dir / "metrics.csv", out_dir / "metrics.json", out_dir / "metrics.png"]
+    paths = [out_dir / "metrics.csv", out_dir / "metrics.json"]
     atomic_write_bytes(paths[0], _csv(evaluation))
     atomic_write_json(paths[1], evaluation.to_json())
-    atomic_save_image(paths[2], distribution_plot(evaluation))
+    titles = {m: _METRIC_TITLES[m] + (f" (within {evaluation.boundary_tol_px:g} px)" if m == "boundary_f1" else "")
+              for m in METRICS}
+    values = {m: {name: [getattr(s, m) for s in evaluation.scores if s.structure == name]
+                  for name in evaluation.structures} for m in METRICS}
+    png = distribution_plot(evaluation.structures, values, titles)
+    if png is not None:
+        atomic_write_bytes(out_dir / "metrics.png", png)
+        paths.append(out_dir / "metrics.png")
     return paths

@@ -3,6 +3,7 @@ loss, the held-out test part, the loss weights, and that the supervised signal d
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -173,3 +174,13 @@ def test_train_labels_from_the_command_line(labelled, tmp_path, capsys):
                  "--images", str(labelled / "specimens"), "--out", str(tmp_path / "x"), "--supervised-only",
                  "--quiet"])
     assert code == 2 and "--supervised-only needs labelled specimens" in capsys.readouterr().err
+
+
+def test_the_label_efficiency_curve_is_drawn():
+    from PIL import Image
+
+    from sam2pal.plots import label_curve
+
+    curve = {"new-setup": {"supervised": {"0": 0.25, "1": 0.26, "5": 0.28, "20": 0.3}, "palindrome": 0.27}}
+    with Image.open(io.BytesIO(label_curve(curve, (0, 1, 5, 20)))) as png:
+        assert png.format == "PNG" and png.size == (720, 480)
