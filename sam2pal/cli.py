@@ -292,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--labels", action="store_true", help="instead: label-efficiency curve, held-out IoU after "
                          "supervised fine-tuning on 0-20 labelled specimens beside palindrome fine-tuning, on "
                          "shifted domains (--finetune-seeds collections each, --finetune-epochs × --steps steps)")
+    quality.add_argument("--library", action="store_true", help="instead: an adapter library over --finetune-seeds "
+                         "collections of each of three synthetic domains: selector accuracy, and IoU with the "
+                         "library, with one adapter fine-tuned on every collection in turn, and with the base model")
     return parser
 
 
@@ -558,6 +561,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "bench":
         from sam2pal.bench import run_bench, run_scale
 
+        if args.library:
+            from sam2pal.bench_library import run_library
+
+            run_library(args.model or "synthetic:256", args.image_size[0] if args.image_size else None, args.device,
+                        args.finetune_seeds, args.finetune_epochs)
+            return EXIT_OK
         if args.labels:
             from sam2pal.bench_labels import run_labels
 

@@ -101,6 +101,7 @@ class JobSpec:
     orientation: str = "none"
     train: dict = field(default_factory=dict)  # TrainConfig fields
     points: list = field(default_factory=list)  # [x, y, label] clicks on the image `images` names (kind "points")
+    labels: str | None = None  # COCO of labelled specimens in `images` (the review's corrections), set by the server
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def __post_init__(self) -> None:
@@ -180,8 +181,13 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     emit({"type": "message", "message": f"model: {describe(model)}"})
     if spec.kind == "train":
         adapter_dir = workdir / "adapter"
+        labels = None
+        if spec.labels is not None:
+            from sam2pal.io.labels import load_labels
+
+            labels = load_labels(spec.labels, spec.images, templates.structures)
         result = api.finetune(model, templates, spec.images, adapter_dir, TrainConfig(**spec.train),
-                              progress=emit, should_stop=should_stop)
+                              progress=emit, should_stop=should_stop, labels=labels)
         if should_stop():
             raise JobCancelled()
         emit({"type": "message", "message": f"kept epoch {result.best_epoch}"})

@@ -198,7 +198,7 @@ def test_the_model_is_picked_per_run_among_those_the_server_offers(tmp_path, col
     ui.start_prediction("none", "none", "256", "random:small", token)
     assert recorder.specs[-1].model == "random:small" and recorder.specs[-1].kind == "predict"
     with pytest.raises(gr.Error, match="not offered"):
-        ui.start_training(1, "lora", None, "256", "facebook/sam2.1-hiera-large", token)
+        ui.start_training(1, "lora", None, "256", "facebook/sam2.1-hiera-large", False, False, token)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
@@ -269,3 +269,51 @@ def test_the_example_collection_loads_templates_with_structures_and_specimens(tm
     assert structures.splitlines() == template_set.structures and len(template_set.structures) >= 3
     assert all(set(t.masks) == set(template_set.structures) for t in template_set.templates)
     assert "12 specimen images" in specimen_note and "Example collection loaded" in note
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+def test_corrections_retrain_as_labels_and_the_table_shows_zero_shot_previous_and_new(backend, tmp_path, collection):
+    import gradio as gr
+
+    ui = SamPalApp(CONFIG, backend, Workspaces(tmp_path))
+    token, ws = ui.workspaces.get(None)
+    ws.import_coco(str(collection / "templates.json"), [str(collection / "template_0.png"), str(collection / "template_1.png")])
+    ws.add_specimens([str(p) for p in sorted((collection / "specimens").iterdir())], Limits())
+    assert "can be used here as labels" in ui.corrections_note(token)
+    ui.start_prediction("none", "none", str(IMAGE_SIZE), "random:tiny", token)
+    status = backend.wait(ws.job("predict"), timeout=300)
+    assert status.state == "done", status.error
+    with pytest.raises(gr.Error, match="No corrections yet"):
+        ui.start_training(1, "decoder", None, str(IMAGE_SIZE), "random:tiny", True, False, token)
+    out = Path(status.files["report"]).parent
+    order = json.loads((out / "report.json").read_text())["review_order"]
+    file_name, structure = order[0], ws.structures[0]
+    height, width = np.asarray(Image.open(collection / "specimens" / file_name)).shape[:2]
+    layer = np.zeros((height, width, 4), dtype=np.uint8)
+    layer[5:25, 5:45] = 255
+    ui.apply_correction({"layers": [layer, np.zeros_like(layer)]}, file_name, structure, False, token)
+    note = ui.corrections_note(token)
+    assert "**1 corrected specimen(s)**" in note and f"Suggested next template: **{order[1]}**" in note
+
+    assert "1 corrected specimens as labels" in ui.start_training(1, "decoder", None, str(IMAGE_SIZE), "random:tiny",
+                                                                   True, False, token)
+    first = backend.wait(ws.job("train"), timeout=600)
+    assert first.state == "done", first.error
+    adapter = Path(first.files["adapter"])
+    validation = json.loads((adapter / "validation.json").read_text())
+    assert validation["labels"]["trained_on"] == [file_name] and validation["labels"]["held_out"] == []
+    labels = json.loads((adapter.parent / "labels.json").read_text())
+    assert [a["category_id"] for a in labels["annotations"]] == [1] and labels["images"][0]["file_name"] == file_name
+    steps = [json.loads(line) for line in (adapter / "train_log.jsonl").read_text().splitlines()]
+    assert any(file_name in s.get("labels", []) for s in steps)  # the correction was a supervised step
+
+    ui.start_training(1, "decoder", None, str(IMAGE_SIZE), "random:tiny", False, True, token)
+    second = backend.wait(ws.job("train"), timeout=600)
+    assert second.state == "done", second.error
+    _, _, table, _ = ui.training_view(token)
+    again = json.loads((Path(second.files["adapter"]) / "validation.json").read_text())
+    assert again["init_adapter"] == str(adapter)
+    zero, previous = again["epochs"][0]["base_validation_iou"], again["epochs"][0]["validation_iou"]
+    assert [row[0] for row in table] == list(zero)
+    assert [row[1] for row in table] == [round(zero[n], 4) for n in zero]
+    assert [row[2] for row in table] == [round(previous[n], 4) for n in zero]

@@ -134,6 +134,9 @@ def test_a_second_round_starts_from_the_earlier_adapter_of_the_same_base(tmp_pat
     kept = first["epochs"][first["best_epoch"]]["mean_iou"]
     assert second["epochs"][0]["mean_iou"] == pytest.approx(kept, abs=1e-6)
     assert second["init_adapter"] == str(tmp_path / "one") and first["init_adapter"] is None
+    # the base model is scored beside it: what the first round's zero-shot epoch scored
+    assert second["zero_shot_mean_iou"] == pytest.approx(first["epochs"][0]["mean_iou"], abs=1e-6)
+    assert second["init_adapter_mean_iou"] == second["epochs"][0]["mean_iou"] and first["init_adapter_mean_iou"] is None
     capsys.readouterr()
 
     assert main([*base, "--model", "random:tiny", "--image-size", "256", "--out", str(tmp_path / "three"),

@@ -34,7 +34,8 @@ from sam2pal.engine.train_config import DEFAULT_LR, TrainConfig
 from sam2pal.engine.validation import VALIDATION_NAME, Split, score_held_out, write_validation
 from sam2pal.errors import SamPalError
 from sam2pal.io.templates import TemplateSet
-from sam2pal.model.adapters import AdapterConfig, check_base, load_weights, prepare, read_adapter_config, save_adapter
+from sam2pal.model.adapters import (AdapterConfig, check_base, load_weights, prepare, read_adapter_config, save_adapter,
+                                    trainable_state)
 from sam2pal.model.build import LoadedModel, describe
 
 LOG_NAME = "train_log.jsonl"
@@ -117,8 +118,13 @@ class Trainer:
         self.adapter = self._adapter_config(resume)
         torch.manual_seed(config.seed)  # LoRA's initial weights come from the global generator
         self.params = prepare(loaded, self.adapter)
-        if config.init_adapter is not None:  # epoch 0 then validates the adapter started from
+        # with --init-adapter epoch 0 validates the adapter started from; the base model (LoRA
+        # freshly made is the identity) is scored too, from these tensors
+        self.base_state = None
+        if config.init_adapter is not None:
+            self.base_state = {name: t.clone() for name, t in trainable_state(loaded.sam).items()}  # not views
             load_weights(loaded.sam, config.init_adapter)
+        self.base_iou: dict[str, float] | None = None  # per structure, when starting from an adapter
         self.features = TrainingFeatures(self.encoder, template_set, labels, self.adapter.trains_encoder,
                                          config.cache_bytes, config.cache_dir, config.max_pixels,
                                          lambda message: self.progress({"type": "warning", "message": message}))
@@ -212,6 +218,15 @@ class Trainer:
             held = [(self.templates, i, self.features.template(i)) for i in self.split.held_out]
         return score_held_out(self.encoder, self.templates, self.split.train_templates, held, self.features.cache)
 
+    def _base_model_scores(self) -> dict[str, float]:
+        """Held-out IoU per structure of the base model itself, when the run starts from an adapter."""
+        started = {name: t.clone() for name, t in trainable_state(self.loaded.sam).items()}
+        self.loaded.sam.load_state_dict(self.base_state, strict=False)
+        try:
+            return self.validate()
+        finally:
+            self.loaded.sam.load_state_dict(started, strict=False)
+
     def _scalars(self, values: dict[str, float], step: int) -> None:
         if self.board is not None:
             for name, value in values.items():
@@ -224,6 +239,9 @@ class Trainer:
         per_structure = metrics.get("iou", {})
         mean = float(np.mean(list(per_structure.values()))) if per_structure else None
         entry = {"epoch": self.epoch, "validation_iou": per_structure, "mean_iou": mean, "seconds": round(seconds, 3)}
+        if self.epoch == 0 and self.base_iou is not None:  # epoch 0 is the adapter started from
+            entry["base_validation_iou"] = self.base_iou
+            entry["base_mean_iou"] = float(np.mean(list(self.base_iou.values())))
         if self.split.test_labels:  # the labels' test part: every metric, as mean over structures
             entry["test"] = {metric: float(np.mean(list(values.values()))) for metric, values in metrics.items() if values}
         improved = (mean is not None and mean > self.best_score) or not validated
@@ -399,7 +417,9 @@ class Trainer:
         if main and self.config.tensorboard is not None:
             self.board = _tensorboard(self.config.tensorboard)
         if not self.history and main:
-            self._record_epoch(0.0)  # epoch 0: the zero-shot baseline
+            if self.base_state is not None and self.split.validated:
+                self.base_iou = self._base_model_scores()
+            self._record_epoch(0.0)  # epoch 0: the zero-shot baseline (or the adapter started from)
         while self.epoch < self.config.epochs and not self.should_stop():
             self.epoch += 1
             start = time.perf_counter()

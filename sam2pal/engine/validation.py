@@ -76,7 +76,9 @@ def score_held_out(encoder: Encoder, templates: TemplateSet, memory: list[int],
 
 def write_validation(out_dir: Path, model: str, templates: TemplateSet, labels: TemplateSet | None, split: Split,
                      config: TrainConfig, best_epoch: int, history: list[dict]) -> None:
-    """validation.json: what was held out and trained on, and every epoch's scores."""
+    """validation.json: what was held out and trained on, and every epoch's scores (epoch 0 is
+    the model trained from: the base model, or the --init-adapter, with the base model's score
+    beside it)."""
     names = [t.name for t in templates.templates]
     atomic_write_json(out_dir / VALIDATION_NAME, {
         "model": model,
@@ -92,6 +94,7 @@ def write_validation(out_dir: Path, model: str, templates: TemplateSet, labels: 
         "split": {"folds": config.folds, "fold": config.fold, "seed": config.seed},
         "init_adapter": None if config.init_adapter is None else str(config.init_adapter),
         "best_epoch": best_epoch,
-        "zero_shot_mean_iou": history[0]["mean_iou"],
+        "zero_shot_mean_iou": history[0]["mean_iou"] if config.init_adapter is None else history[0].get("base_mean_iou"),
+        "init_adapter_mean_iou": history[0]["mean_iou"] if config.init_adapter is not None else None,
         "epochs": history,
     })

@@ -88,3 +88,34 @@ def replace_mask(out_dir: str | Path, file_name: str, structure: str, mask: np.n
     report.write()
     if report.zip.is_file():
         write_zip(report.zip, report.folder, report.result_files())
+
+
+def corrections_as_labels(out_dir: str | Path, json_path: str | Path) -> list[str]:
+    """Write the run's corrected structures as a COCO file of labelled specimens (`io.labels`):
+    one image per specimen with a correction, annotated with the structures a person corrected
+    (the others are predictions, not truth, and stay not annotated). Returns the file names."""
+    report = RunReport.read(out_dir)
+    images, annotations = [], []
+    for entry in report.segmented():
+        corrected = [name for name, s in entry["structures"].items() if s.get("corrected")]
+        if not corrected:
+            continue
+        record = read_record(_record_path(report, entry))
+        if record is None:
+            raise SamPalError(f"the record of {entry['file']} in {report.folder} is missing or damaged: "
+                              "run predict into that folder again")
+        image_id = len(images) + 1
+        images.append({"id": image_id, "file_name": entry["file"], "width": record["width"],
+                       "height": record["height"]})
+        ids = {report.structures.index(name) + 1 for name in corrected}
+        for annotation in record["annotations"]:
+            if annotation["category_id"] in ids:
+                annotations.append({**{k: annotation[k] for k in ("category_id", "segmentation", "area", "bbox")},
+                                    "id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0})
+        absent = [name for name in corrected if report.structures.index(name) + 1 not in
+                  {a["category_id"] for a in record["annotations"]}]
+        if absent:  # corrected to nothing: a person says it is not there
+            images[-1]["structure_status"] = {name: "absent" for name in absent}
+    categories = [{"id": k + 1, "name": name} for k, name in enumerate(report.structures)]
+    atomic_write_json(Path(json_path), {"images": images, "annotations": annotations, "categories": categories})
+    return [image["file_name"] for image in images]

@@ -85,12 +85,18 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
                                 "decoder 1e-5, full 5e-6)")
                 train_size = gr.Dropdown(label="Image size", choices=["256", "512", "768", "1024"], value=str(config.image_size))
                 train_model = gr.Dropdown(label="Model", choices=ui.choices, value=config.model)
+            corrections = gr.Markdown()
+            with gr.Row():
+                use_corrections = gr.Checkbox(label="Use my corrections as labels (supervised; palindromes on the "
+                                              "other specimens)", value=False)
+                from_previous = gr.Checkbox(label="Start from the adapter fine-tuned here", value=False)
             with gr.Row():
                 start_train = gr.Button("Start fine-tuning", variant="primary")
                 cancel_train = gr.Button("Cancel")
             train_status = gr.Textbox(label="Status", interactive=False)
             loss_plot = gr.LinePlot(x="step", y="loss", label="Training loss")
-            validation = gr.Dataframe(headers=["epoch", "structure", "IoU"], label="Validation IoU (epoch 0 = zero-shot)")
+            validation = gr.Dataframe(headers=["structure", "zero-shot", "previous adapter", "this fine-tune (kept)"],
+                                      label="Validation IoU on held-out templates or labels")
             adapter_file = gr.File(label="Adapter (download)")
             adapter_upload = gr.File(label="Upload an adapter zip from an earlier fine-tune", file_types=[".zip"])
             adapter_note = gr.Markdown()
@@ -152,7 +158,8 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
         for files, note in ((specimen_files, specimen_note), (specimen_files_t, specimen_note_t)):
             files.upload(ui.upload_specimens, [files, token], [note], api_visibility="private")
         clear_specimens.click(ui.clear_specimens, [token], [specimen_note], api_visibility="private")
-        start_train.click(ui.start_training, [epochs, mode, lr, train_size, train_model, token], [train_status], api_visibility="private")
+        start_train.click(ui.start_training, [epochs, mode, lr, train_size, train_model, use_corrections, from_previous,
+                                              token], [train_status], api_visibility="private")
         cancel_train.click(lambda t: ui.cancel("train", t), [token], [train_status], api_visibility="private")
         adapter_upload.upload(ui.upload_adapter, [adapter_upload, token], [adapter_note], api_visibility="private")
         start_predict.click(ui.start_prediction, [adapter_choice, orientation, predict_size, predict_model, token], [predict_status],
@@ -160,6 +167,7 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
         cancel_predict.click(lambda t: ui.cancel("predict", t), [token], [predict_status], api_visibility="private")
         timer.tick(ui.training_view, [token], [train_status, loss_plot, validation, adapter_file],
                    api_visibility="private", show_progress="hidden")
+        timer.tick(ui.corrections_note, [token], [corrections], api_visibility="private", show_progress="hidden")
         timer.tick(ui.prediction_view, [token], [predict_status, gallery], api_visibility="private", show_progress="hidden")
         gallery.select(ui.open_correction, [token, correction_structure],
                        [corrected_file, correction_editor, correction_structure], api_visibility="private")

@@ -34,6 +34,7 @@ from sam2pal.ui.editing import (
     tinted,
     with_points,
 )
+from sam2pal.ui.finetune import FineTuneHandlers
 from sam2pal.ui.review import clicked_file, ranking, run_folder
 from sam2pal.ui.workspace import Limits, Workspace, Workspaces
 
@@ -72,7 +73,7 @@ def _error(exc: SamPalError) -> gr.Error:
     return gr.Error(str(exc))
 
 
-class SamPalApp:
+class SamPalApp(FineTuneHandlers):
     """Handlers of the page; each takes the session token and works in that session's workspace."""
 
     def __init__(self, config: AppConfig, backend: Backend, workspaces: Workspaces | None = None):
@@ -80,6 +81,7 @@ class SamPalApp:
         self.backend = backend
         self.workspaces = workspaces or Workspaces()
         self._rankings: dict[str, tuple[int, list]] = {}  # report path -> (its mtime, its ranking)
+        self._reviews: dict[str, tuple[int, tuple]] = {}  # report path -> (its mtime, corrected files, review order)
 
     def _ws(self, token: str | None) -> Workspace:
         return self.workspaces.get(token)[1]
@@ -258,18 +260,6 @@ class SamPalApp:
         """Models a user may pick: the server's default first."""
         return list(dict.fromkeys((self.config.model, *self.config.models)))
 
-    def start_training(self, epochs: float, mode: str, lr: str | None, image_size: str, model: str, token: str) -> str:
-        ws = self._ws(token)
-        train = {"epochs": int(epochs), "mode": mode}
-        if lr and str(lr).strip():
-            try:
-                train["lr"] = float(lr)
-            except ValueError as exc:
-                raise gr.Error(f"learning rate {lr!r} is not a number; write e.g. 2e-4, or leave it empty") from exc
-        job_id = self.backend.start(self._spec(ws, "train", image_size=int(image_size), train=train, model=model))
-        ws.remember_job("train", job_id)
-        return "Fine-tuning queued…"
-
     def start_prediction(self, adapter_choice: str, orientation: str, image_size: str, model: str, token: str) -> str:
         ws = self._ws(token)
         adapter = None
@@ -309,21 +299,6 @@ class SamPalApp:
         if job_id is not None:
             self.backend.cancel(job_id)
         return "Cancelling…"
-
-    def training_view(self, token: str):
-        """Progress line, loss curve, per-structure validation against zero-shot, adapter file."""
-        status = self._status(self._ws(token), "train")
-        if status is None:
-            return "No fine-tune yet.", None, None, None
-        steps = [e for e in status.events if e["type"] == "step"]
-        loss = {"step": [e["step"] for e in steps], "loss": [e["loss"] for e in steps]}
-        epochs = [e for e in status.events if e["type"] == "epoch"]
-        rows = [{"epoch": e["epoch"], "structure": name, "IoU": iou}
-                for e in epochs for name, iou in (e.get("validation_iou") or {}).items()]
-        table = [[r["epoch"], r["structure"], round(r["IoU"], 4)] for r in rows]
-        line = f"{status.state}: {status.message}" + (f" — {status.error}" if status.error else "")
-        adapter = status.files.get("adapter_zip") if status.state == "done" else None
-        return line, {"step": loss["step"], "loss": loss["loss"]} if steps else None, table or None, adapter
 
     def prediction_view(self, token: str):
         """Progress line and the overlays, worst quality first."""
@@ -429,12 +404,3 @@ class SamPalApp:
         for annotation in coco.loadAnns(coco.getAnnIds()):
             coco.annToMask(annotation)
         return str(predictions), status.files["results_zip"]  # corrections keep it current
-
-    def upload_adapter(self, archive: str | None, token: str) -> str:
-        if not archive:
-            return "No adapter uploaded."
-        try:
-            self._ws(token).store_adapter(archive)
-        except SamPalError as exc:
-            raise _error(exc) from exc
-        return "Adapter uploaded; choose 'uploaded' when segmenting."
