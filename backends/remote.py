@@ -43,9 +43,9 @@ class RemoteBackend(Backend):
         def images(folder: str) -> list:
             return [handle_file(str(p)) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
 
-        if spec.labels is not None or spec.train.get("init_adapter") is not None:
-            raise SamPalError("fine-tuning from your corrections or from the previous adapter runs on this server's "
-                              "own backend only; untick those options for the remote server")
+        if spec.labels is not None or spec.train.get("init_adapter") is not None or spec.library is not None:
+            raise SamPalError("corrections as labels, the previous adapter and the adapter library run on this "
+                              "server's own backend only; untick or change those options for the remote server")
         adapter = None
         if spec.adapter is not None:  # sent along as the adapter.zip a fine-tune hands out
             adapter = Path(spec.workdir) / "adapter_upload.zip"

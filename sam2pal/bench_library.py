@@ -61,7 +61,7 @@ def run_library(model: str, image_size: int | None, device: str, seeds: int, epo
         for domain in DOMAINS:
             for seed in range(seeds):
                 name = f"{domain}-{seed}"
-                files = write_collection(root / name, domain, 100 + seed, templates=3, specimens=_TRAIN + _TEST,
+                files = write_collection(root / name, domain, 200 + seed, templates=3, specimens=_TRAIN + _TEST,
                                          purpose="finetune")
                 paths = list_images(files.specimens)
                 train, test = paths[:_TRAIN], _subset(files, paths[_TRAIN:], "test")

@@ -102,6 +102,7 @@ class JobSpec:
     train: dict = field(default_factory=dict)  # TrainConfig fields
     points: list = field(default_factory=list)  # [x, y, label] clicks on the image `images` names (kind "points")
     labels: str | None = None  # COCO of labelled specimens in `images` (the review's corrections), set by the server
+    library: str | None = None  # the server's adapter library: an adapter per photo (predict)
     job_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
     def __post_init__(self) -> None:
@@ -202,7 +203,7 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
 
     # the writer's own zip: a correction in the review (io.corrections.replace_mask) keeps it current
     report = api.predict(model, templates, spec.images, out, spec.adapter, spec.batch_size, progress=predicted,
-                         options=OutputOptions(zip=True), orientation=spec.orientation)
+                         options=OutputOptions(zip=True), orientation=spec.orientation, library=spec.library)
     emit({"type": "message", "message": f"{report['n_ok']} segmented, {report['n_failed']} failed"})
     run = RunReport(out, report)
     return {

@@ -140,3 +140,33 @@ def test_the_adapters_command_adds_lists_removes_and_predict_uses_it(domains, tm
     assert code == 2 and "pass it without --adapter and --ray" in capsys.readouterr().err
     assert main(["adapters", "remove", "setup-b", "--library", str(library)]) == 0
     assert AdapterLibrary(library).entries() == []
+
+
+def test_the_web_app_offers_the_server_s_library_and_routes_each_photo(domains, tmp_path):
+    import gradio as gr
+
+    from backends.local import LocalBackend
+    from sam2pal.ui.handlers import LIBRARY_CHOICE, AppConfig, SamPalApp
+    from sam2pal.ui.workspace import Limits, Workspaces
+
+    library = _library(tmp_path, domains, ("new-setup", "unseen-taxon"))
+    folder = domains["new-setup"]
+    backend = LocalBackend()
+    try:
+        for configured in (None, str(library.folder)):
+            ui = SamPalApp(AppConfig(model="synthetic:256", image_size=256, device="cpu", adapter_library=configured),
+                           backend, Workspaces(tmp_path / f"sessions-{configured is None}"))
+            token, ws = ui.workspaces.get(None)
+            ws.import_coco(str(folder / "templates.json"), [str(folder / "template_0.png")])
+            ws.add_specimens([str(p) for p in list_images(folder / "specimens")[:4]], Limits())
+            if configured is None:
+                with pytest.raises(gr.Error, match="no adapter library"):
+                    ui.start_prediction(LIBRARY_CHOICE, "none", "256", "synthetic:256", token)
+                continue
+            ui.start_prediction(LIBRARY_CHOICE, "none", "256", "synthetic:256", token)
+            status = backend.wait(ws.job("predict"), timeout=300)
+            assert status.state == "done", status.error
+            images = json.loads(Path(status.files["report"]).read_text())["images"]
+            assert len(images) == 4 and {i["adapter"]["name"] for i in images} == {"new-setup"}
+    finally:
+        backend.close()

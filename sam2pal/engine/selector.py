@@ -16,7 +16,10 @@ import torch
 
 from sam2pal.engine.frames import Encoder
 
-TEMPERATURE = 0.02  # cosine similarities of photos differ by hundredths between collections
+# cosine similarities of photos differ by hundredths between collections; chosen on synthetic
+# collections of seeds 100-101 (two of one imaging setup are the hard pair), not those
+# `bench --library` reports on
+TEMPERATURE = 0.005
 NEAREST = 3
 
 

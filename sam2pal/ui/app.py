@@ -9,7 +9,7 @@ import gradio as gr
 
 from backends.base import Backend
 from sam2pal.ui.api import register_api
-from sam2pal.ui.handlers import AppConfig, SamPalApp, model_note
+from sam2pal.ui.handlers import LIBRARY_CHOICE, AppConfig, SamPalApp, model_note
 from sam2pal.ui.workspace import Workspaces
 
 CSS = "#editor canvas {cursor: crosshair}"
@@ -104,7 +104,8 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
             specimen_files = gr.File(label="Specimen photos (or a zip)", file_count="multiple", elem_id="specimens")
             specimen_note = gr.Markdown()
             with gr.Row():
-                adapter_choice = gr.Radio(label="Adapter", choices=["none", "fine-tuned here", "uploaded"], value="none")
+                adapter_choice = gr.Radio(label="Adapter", value="none", choices=["none", "fine-tuned here", "uploaded"]
+                                          + ([LIBRARY_CHOICE] if config.adapter_library else []))
                 orientation = gr.Dropdown(label="Orientation search", choices=["none", "rot4", "rot4flip"], value="none")
                 predict_size = gr.Dropdown(label="Image size", choices=["256", "512", "768", "1024"], value=str(config.image_size))
                 predict_model = gr.Dropdown(label="Model (an adapter only fits the model it was trained on)",

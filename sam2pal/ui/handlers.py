@@ -50,6 +50,10 @@ class AppConfig:
     models: tuple[str, ...] = ()  # what a user may pick per run; `model` is always among them
     limits: Limits = field(default_factory=Limits)
     max_file_size: str = "100mb"
+    adapter_library: str | None = None  # the server's adapter library, offered as "library (automatic)"
+
+
+LIBRARY_CHOICE = "library (automatic)"
 
 
 def _hex(color: tuple[int, int, int]) -> str:
@@ -271,8 +275,12 @@ class SamPalApp(FineTuneHandlers):
             adapter = ws.uploaded_adapter()
             if adapter is None:
                 raise gr.Error("Upload an adapter zip first (Fine-tune tab).")
+        elif adapter_choice == LIBRARY_CHOICE and self.config.adapter_library is None:
+            raise gr.Error("This server has no adapter library; choose another adapter.")
         spec = self._spec(ws, "predict", image_size=int(image_size), orientation=orientation,
                           adapter=str(adapter) if adapter else None, model=model)
+        if adapter_choice == LIBRARY_CHOICE:
+            spec.library = self.config.adapter_library
         try:
             job_id = self.backend.start(spec)
         except SamPalError as exc:

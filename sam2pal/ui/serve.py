@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argpar
     parser.add_argument("--max-images", type=int, default=int(env("SAM2PAL_MAX_IMAGES", "500")),
                         help="images per batch a session may upload")
     parser.add_argument("--max-file-size", default=env("SAM2PAL_MAX_FILE_SIZE", "100mb"), help="per uploaded file")
+    parser.add_argument("--adapter-library", default=env("SAM2PAL_ADAPTER_LIBRARY"), metavar="DIR",
+                        help="an adapter library (`sam2pal adapters add`): the Segment tab then offers "
+                             "'library (automatic)', one adapter picked per photo")
     return parser.parse_args(argv)
 
 
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         options = {"address": args.ray_address}
     config = AppConfig(model=args.model, image_size=args.image_size, device=args.device,
                        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
-                       limits=Limits(max_images=args.max_images), max_file_size=args.max_file_size)
+                       limits=Limits(max_images=args.max_images), max_file_size=args.max_file_size,
+                       adapter_library=args.adapter_library)
     workspaces = Workspaces()
     app = build_app(config, get_backend(args.backend, **options), workspaces)
     app.queue(default_concurrency_limit=4).launch(
