@@ -93,7 +93,7 @@ def test_accumulated_micro_batches_step_once_with_the_mean_of_their_gradients(co
     alone = []
     for slot in (0, 1):
         trainer.optimizer.zero_grad(set_to_none=True)
-        trainer._palindromes(slot, order[slot])
+        trainer._palindromes(slot, order[slot][1])  # (kind, specimen)
         alone.append({id(p): p.grad.clone() * 2 for p in trainer.params if p.grad is not None})  # its own full loss
     assert len(steps) == 1 and steps[0]
     for key, gradient in steps[0].items():
