@@ -85,6 +85,9 @@ def _train_args(parser: argparse.ArgumentParser, legacy: bool = False) -> None:
                             "second round with more templates; epoch 0 then validates that adapter")
     group.add_argument("--warmup-steps", type=int, default=None, metavar="N",
                        help="linear learning-rate warm-up before the cosine decay (default 5%% of the steps)")
+    group.add_argument("--precision", choices=("bf16", "fp16"), default="bf16",
+                       help="autocast on CUDA (CPU runs full precision): bf16 (default), or fp16 with a gradient "
+                            "scaler for GPUs without bf16 (V100, T4)")
     group.add_argument("--tensorboard", type=Path, metavar="DIR",
                        help="also write loss, learning rate and per-structure validation IoU for TensorBoard "
                             "(pip install 'sam2pal[tensorboard]')")
@@ -341,7 +344,7 @@ def _train_config(args: argparse.Namespace):
 
     same_names = ("epochs", "steps_per_epoch", "mode", "lr", "lora_rank", "lora_encoder", "cycle_memory",
                   "structures_per_pass", "low_memory", "max_pixels", "seed", "folds", "fold", "accumulate",
-                  "init_adapter", "warmup_steps", "tensorboard")  # flags named as TrainConfig's fields
+                  "init_adapter", "warmup_steps", "tensorboard", "precision")  # flags named as TrainConfig's fields
     from sam2pal.engine.losses import LossWeights
 
     return TrainConfig(**{name: getattr(args, name) for name in same_names},

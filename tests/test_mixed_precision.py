@@ -33,3 +33,22 @@ def test_prediction_and_training_run_under_bf16_autocast(collection, tmp_path):
     trainer.run()
     steps = [line for line in (tmp_path / "a" / LOG_NAME).read_text().splitlines() if '"step"' in line]
     assert len(steps) == 2 and all("NaN" not in line for line in steps)
+
+
+def test_the_gradient_scaler_of_fp16_training_changes_no_update(collection, tmp_path):
+    """--precision fp16 scales the loss on CUDA. fp16 autocast does not run SAM2 on a CPU, so the
+    scaler's part is checked here in full precision: scaled by 2^10, unscaled before clipping,
+    the steps give exactly the weights of an unscaled run (clipping scaled gradients would not)."""
+    templates = load_templates(collection / "templates.json")
+    weights = []
+    for scaled in (False, True):
+        model = load_model("synthetic:256", None, "cpu")
+        trainer = Trainer(model, templates, list_images(collection / "specimens"), tmp_path / f"s{scaled}",
+                          TrainConfig(epochs=1, steps_per_epoch=2, mode="decoder", lr=1e-3, precision="fp16"))
+        assert not trainer.scaler.is_enabled()  # no CUDA here: full precision, nothing to scale
+        if scaled:
+            trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+        trainer.run()
+        weights.append([p.detach().clone() for p in trainer.params])
+    assert trainer.scaler.get_scale() == 2.0**10  # no overflow, so no step was skipped
+    assert all(torch.equal(a, b) for a, b in zip(*weights))

@@ -43,6 +43,7 @@ class TrainConfig:
     tensorboard: Path | None = None  # also write loss, learning rate and validation IoU there
     supervised_only: bool = False  # with labels: no palindrome steps on the unlabelled specimens
     loss: LossWeights = field(default_factory=LossWeights)  # of the supervised steps
+    precision: str = "bf16"  # autocast on CUDA: bf16, or fp16 with a gradient scaler (GPUs without bf16)
 
     def __post_init__(self) -> None:
         if self.folds < 2:
@@ -63,6 +64,8 @@ class TrainConfig:
             raise SamPalError(f"--structures-per-pass {self.structures_per_pass} must be at least 1")
         if self.accumulate < 1:
             raise SamPalError(f"--accumulate {self.accumulate} must be at least 1")
+        if self.precision not in ("bf16", "fp16"):
+            raise SamPalError(f"--precision {self.precision!r}: use bf16 or fp16")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise SamPalError(f"--warmup-steps {self.warmup_steps} cannot be negative")
 

@@ -125,6 +125,10 @@ class Trainer:
             self.base_state = {name: t.clone() for name, t in trainable_state(loaded.sam).items()}  # not views
             load_weights(loaded.sam, config.init_adapter)
         self.base_iou: dict[str, float] | None = None  # per structure, when starting from an adapter
+        if config.precision == "fp16" and loaded.device.type == "cuda":
+            loaded.mixed_precision = torch.float16
+        # fp16 gradients underflow without loss scaling; bf16 and full precision need none
+        self.scaler = torch.amp.GradScaler(loaded.device.type, enabled=loaded.autocast_dtype == torch.float16)
         self.features = TrainingFeatures(self.encoder, template_set, labels, self.adapter.trains_encoder,
                                          config.cache_bytes, config.cache_dir, config.max_pixels,
                                          lambda message: self.progress({"type": "warning", "message": message}))
@@ -302,7 +306,7 @@ class Trainer:
         per_structure = []
         for rows in torch.arange(y0.shape[0]).split(self._structures_per_pass(y0.shape[0])):
             output = palindrome_step(self.encoder, x0, y0[rows], x1, self.config.cycle_memory)
-            (output.loss / self.global_batch).backward()
+            self.scaler.scale(output.loss / self.global_batch).backward()
             per_structure += output.per_structure.tolist()
         return self.templates.templates[index].name, names, per_structure
 
@@ -318,7 +322,7 @@ class Trainer:
         for rows in torch.arange(count).split(self._structures_per_pass(count)):
             output = supervised_step(self.encoder, templates, label, rows.tolist(), self.config.loss)
             if output.structures:
-                (output.loss / self.global_batch).backward()
+                self.scaler.scale(output.loss / self.global_batch).backward()
                 names += [self.templates.structures[k] for k in output.structures]
                 per_structure += output.per_structure.tolist()
         return (names, per_structure) if names else None
@@ -353,8 +357,10 @@ class Trainer:
         loss, used = self.dist.sum(mine, self.loaded.device)
         if used == 0:
             return None
+        self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
         torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped, and the scale lowered, when fp16 overflowed
+        self.scaler.update()
         self.scheduler.step()
         self.step += 1
         return {
