@@ -100,6 +100,7 @@ def test_adding_a_domain_never_changes_an_earlier_domain_s_results(domains, tmp_
     chosen = [json.loads((tmp_path / run / "report.json").read_text())["images"] for run in ("one", "two")]
     assert {i["adapter"]["name"] for i in chosen[0]} == {i["adapter"]["name"] for i in chosen[1]} == {"new-setup"}
     assert one["info"]["parameters"]["adapter_library"]["adapters"].keys() == {"new-setup"}
+    assert {i["sam2pal_adapter"]["name"] for i in one["images"]} == {"new-setup"}  # the provenance, per image
     base = predict(load_model("synthetic:256", None, "cpu"), templates, folder / "specimens", tmp_path / "base",
                    qc=None, options=options)
     assert base["n_ok"] == 10

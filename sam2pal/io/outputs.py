@@ -259,6 +259,8 @@ class PredictionWriter:
                 entries.append(record["report"])
                 image = {"id": image_id, "file_name": record["report"]["file"], "width": record["width"],
                          "height": record["height"]}
+                if "adapter" in record["report"]:  # which library adapter segmented it, with the confidence
+                    image["sam2pal_adapter"] = record["report"]["adapter"]
                 out.write((",\n" if image_id > 1 else "\n") + json.dumps(image))
             out.write('],\n"annotations": [')
             count = 0
