@@ -100,7 +100,7 @@ def provenance(model: LoadedModel, templates: TemplateSet, **params) -> dict:
 # Settings that change how a run goes or what it writes, but not a mask: a run into the same OUT
 # may differ in these and still complete the earlier one. (`masks`, png or none, is not among
 # them: completing a run must not leave some images with PNGs and others without.)
-_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images", "qc"})
+_NOT_IN_MASKS = frozenset({"device", "batch_size", "max_pixels", "polygons", "images", "qc", "adapter_library_folder"})
 
 
 def _result_identity(info: dict) -> dict:
@@ -165,6 +165,7 @@ def predict(
             raise SamPalError("--adapters picks an adapter per image: pass it without --adapter and --ray")
         routed = AdapterLibrary(library)
         params["adapter_library"] = library_identity(routed, model, min_confidence)
+        params["adapter_library_folder"] = str(library)
     info = provenance(model, templates, **params)
     writer = PredictionWriter(out_dir, list(templates.structures), info, _result_identity(info), options)
     for entry in skipped:

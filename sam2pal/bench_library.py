@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from sam2pal.engine.frames import Encoder
-from sam2pal.engine.selector import choose, embed
+from sam2pal.engine.selector import choose, embed, floor
 from sam2pal.engine.trainer import TrainConfig, Trainer
 from sam2pal.errors import SamPalError
-from sam2pal.io.images import list_images, load_image
+from sam2pal.io.images import list_images, load_photo
 from sam2pal.io.templates import load_coco_templates
 from sam2pal.model.adapters import load_adapter
 from sam2pal.model.build import describe, load_model
@@ -39,6 +39,11 @@ def _subset(files: CollectionFiles, paths: list[Path], name: str) -> CollectionF
         (folder / path.name).symlink_to(path)
     return CollectionFiles(files.folder, files.templates, folder, files.ground_truth, files.structures,
                            files.thin, files.taxon)
+
+
+def _model_size(path: Path, model) -> np.ndarray:
+    """The photo as `adapters add` and `predict --adapters` embed it."""
+    return load_photo(path, model.image_size, model.image_size).image
 
 
 def _mean_iou(scored) -> float:
@@ -69,11 +74,12 @@ def run_library(model: str, image_size: int | None, device: str, seeds: int, epo
                 loaded = load_model(model, image_size, device)
                 result = Trainer(loaded, templates, train, root / f"{name}-adapter",
                                  TrainConfig(epochs=epochs, seed=seed)).run()
-                library.add(name, result.adapter_dir, embed(encoder, [load_image(p) for p in train]),
+                library.add(name, result.adapter_dir, embed(encoder, [_model_size(p, base) for p in train]),
                             [p.name for p in train])
                 collections.append((name, files, templates, train, test))
         train_seconds = time.perf_counter() - began
         references = {e.name: library.references(e.name) for e in library.entries()}
+        floors = {name: floor(vectors) for name, vectors in references.items()}
         rows, right, total = [], 0, 0
         joint_dir, joint_model = None, None
         for name, files, templates, train, _ in collections:  # one adapter through every collection in turn
@@ -81,7 +87,8 @@ def run_library(model: str, image_size: int | None, device: str, seeds: int, epo
             config = TrainConfig(epochs=epochs, seed=0, init_adapter=joint_dir)
             joint_dir = Trainer(joint_model, templates, train, root / f"joint-after-{name}", config).run().adapter_dir
         for name, files, templates, _, test in collections:
-            choices = [choose(v, references, 0.5) for v in embed(encoder, [load_image(p) for p in list_images(test.specimens)])]
+            photos = [_model_size(p, base) for p in list_images(test.specimens)]
+            choices = [choose(v, references, 0.5, floors) for v in embed(encoder, photos)]
             right += sum(c.adapter == name for c in choices)
             total += len(choices)
             scored = []

@@ -11,7 +11,7 @@ import pytest
 from sam2pal.api import load_templates, predict
 from sam2pal.cli import main
 from sam2pal.engine.frames import Encoder
-from sam2pal.engine.selector import choose, embed
+from sam2pal.engine.selector import choose, embed, floor
 from sam2pal.engine.trainer import TrainConfig, Trainer
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import list_images, load_image
@@ -75,14 +75,19 @@ def test_the_selector_picks_each_photo_s_own_collection(domains, tmp_path):
     library = _library(tmp_path, domains, DOMAINS)
     encoder = Encoder(load_model("synthetic:256", None, "cpu"))
     references = {name: library.references(name) for name in DOMAINS}
+    floors = {name: floor(vectors) for name, vectors in references.items()}
     right = total = 0
     for domain in DOMAINS:
         photos = list_images(domains[domain] / "specimens")[5:]
         for vector in embed(encoder, [load_image(p) for p in photos]):
-            choice = choose(vector, references, 0.5)
+            choice = choose(vector, references, 0.5, floors)
             right += choice.adapter == domain
             total += 1
     assert right / total >= 0.9, f"{right} of {total}"
+    alone = {"new-setup": references["new-setup"]}  # a library without the photos' collection
+    strangers = embed(encoder, [load_image(p) for p in list_images(domains["in-domain"] / "specimens")])
+    picks = [choose(v, alone, 0.5, {"new-setup": floors["new-setup"]}) for v in strangers]
+    assert all(c.confidence == 1.0 and not c.inside and c.adapter is None for c in picks)
 
 
 def test_adding_a_domain_never_changes_an_earlier_domain_s_results(domains, tmp_path):

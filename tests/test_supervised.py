@@ -81,7 +81,7 @@ def test_labels_split_into_a_test_part_that_no_step_ever_trains_on(synthetic, la
     Trainer(synthetic, templates, list_images(labelled / "specimens"), out, config, labels=labels).run()
     validation = json.loads((out / VALIDATION_NAME).read_text())
     held = validation["labels"]["held_out"]
-    assert len(held) == 2 and validation["held_out"] == []  # 1 in 5 of 10 labels; every template is memory
+    assert 1 <= len(held) <= 5 and validation["held_out"] == []  # about 1 in 5 of 10 labels; every template is memory
     assert sorted(held + validation["labels"]["trained_on"]) == [f"specimen_{i:04d}.jpg" for i in range(10)]
     steps = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
     steps = [s for s in steps if "step" in s]
@@ -134,6 +134,19 @@ def _label_iou(trainer: Trainer) -> float:
         trainer.split.test_labels = []
 
 
+def test_a_label_keeps_its_part_when_labels_are_added_and_trained_labels_are_never_tested():
+    from sam2pal.engine.validation import split_labels
+
+    names = [f"specimen_{i:04d}.jpg" for i in range(40)]
+    _, few = split_labels(names[:10], 5, 0, 0, set())
+    train, many = split_labels(names, 5, 0, 0, set())
+    assert set(few) <= set(many) and 4 <= len(many) <= 14 and sorted(train + many) == list(range(40))
+    _, later = split_labels(names, 5, 0, 0, {names[i] for i in many[:2]})
+    assert not set(many[:2]) & set(later) and set(many[2:]) <= set(later)
+    assert split_labels(names[:3], 5, 0, 0, set(names[:3])) == ([0, 1, 2], [])  # all trained before: none tested
+    assert len(split_labels(names[:2], 5, 3, 0, set())[1]) == 1  # at least one tested when two could be
+
+
 def test_loss_weights_parse_and_refuse_with_the_field_named():
     assert LossWeights.parse("") == LossWeights()
     weights = LossWeights.parse("dice=2, focal=20,bce=0")
@@ -168,7 +181,7 @@ def test_train_labels_from_the_command_line(labelled, tmp_path, capsys):
                  "--out", str(out), "--epochs", "1", "--mode", "decoder", "--loss-weights", "focal=10,bce=0", "--quiet"])
     assert code == 0
     validation = json.loads((out / VALIDATION_NAME).read_text())
-    assert len(validation["labels"]["held_out"]) == 2 and validation["epochs"][-1]["test"]["iou"] >= 0
+    assert validation["labels"]["held_out"] and validation["epochs"][-1]["test"]["iou"] >= 0
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     code = main(["train", "--model", "synthetic:256", "--templates", str(labelled / "templates.json"),
                  "--images", str(labelled / "specimens"), "--out", str(tmp_path / "x"), "--supervised-only",

@@ -32,8 +32,9 @@ _STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 def preprocess(image: np.ndarray, image_size: int) -> torch.Tensor:
     """H×W×3 uint8 -> normalised 3×S×S float tensor, resized as SAM2's video loader does: exactly
-    while a side is under four times the input size; beyond, PIL first box-reduces by an integer
-    factor, three times as fast at 2048 px and within one grey level of it."""
+    while a side is under four times the input size; beyond (a 2048 px review-size photo for a
+    256 or 512 px model, a full-size template), PIL first box-reduces by an integer factor:
+    three times as fast from 2048 to 256 px and within one grey level."""
     resized = np.asarray(Image.fromarray(image).resize((image_size, image_size), Image.BICUBIC, reducing_gap=2.0))
     pixels = (resized / 255.0).astype(np.float32)
     return torch.from_numpy((pixels - _MEAN) / _STD).permute(2, 0, 1).contiguous()

@@ -15,7 +15,7 @@ import numpy as np
 
 from sam2pal.engine.propagate import Decoding, ProgressFn, Propagator, load_specimen, predict_collection
 from sam2pal.engine.qc import QCConfig
-from sam2pal.engine.selector import Choice, choose, embed
+from sam2pal.engine.selector import Choice, choose, embed, floor
 from sam2pal.errors import SamPalError
 from sam2pal.io.templates import TemplateSet
 from sam2pal.model.adapters import WEIGHTS_NAME, load_adapter
@@ -35,7 +35,7 @@ def library_identity(library: AdapterLibrary, model: LoadedModel, min_confidence
                           f"not on --model {model.name}; pass --model {entries[0].base_model}")
     if not 0.0 <= min_confidence <= 1.0:
         raise SamPalError(f"--min-confidence {min_confidence} must be between 0 and 1")
-    return {"library": str(library.folder), "min_confidence": min_confidence,
+    return {"min_confidence": min_confidence,  # not the folder: a library moved elsewhere gives the same masks
             "adapters": {e.name: file_sha256(library.adapter_dir(e.name) / WEIGHTS_NAME) for e in entries}}
 
 
@@ -46,6 +46,7 @@ def select_adapters(model: LoadedModel, library: AdapterLibrary, paths: list[Pat
 
     encoder = Encoder(model)
     references = {e.name: library.references(e.name) for e in library.entries()}
+    floors = {name: floor(vectors) for name, vectors in references.items()}
     model_size = Decoding(decoding.min_side, decoding.min_side, decoding.max_pixels)
     choices: dict[Path, Choice | None] = {}
     for start in range(0, len(paths), batch_size):
@@ -55,7 +56,7 @@ def select_adapters(model: LoadedModel, library: AdapterLibrary, paths: list[Pat
         for item in loaded:
             choices[item.path] = None
         for item, vector in zip(good, vectors):
-            choices[item.path] = choose(vector, references, min_confidence)
+            choices[item.path] = choose(vector, references, min_confidence, floors)
     return choices
 
 
@@ -67,12 +68,14 @@ def predict_with_library(model: LoadedModel, templates: TemplateSet, library: Ad
     for path in paths:
         choice = choices[path]
         groups.setdefault(choice.adapter if choice is not None else None, []).append(path)
-    records = {path.name: {"name": choice.adapter, "closest": choice.best, "confidence": round(choice.confidence, 4)}
+    records = {path.name: {"name": choice.adapter, "closest": choice.best, "confidence": round(choice.confidence, 4),
+                           "like_its_photos": choice.inside}
                for path, choice in choices.items() if choice is not None}
     done = 0
     for name in sorted(groups, key=lambda n: (n is None, n or "")):
-        carrier = copy.deepcopy(model)
+        carrier = model  # the base model itself for the photos no adapter is trusted with
         if name is not None:
+            carrier = copy.deepcopy(model)
             load_adapter(carrier, library.adapter_dir(name))
         group = groups[name]
 

@@ -73,6 +73,15 @@ def learning_rate_factor(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step - warmup, total - warmup) / max(1, total - warmup)))
 
 
+def _trained_labels(adapter_dir: Path) -> set[str]:
+    """Labels the adapter in `adapter_dir` was trained on, from its validation.json."""
+    path = Path(adapter_dir) / VALIDATION_NAME
+    if not path.is_file():
+        return set()
+    labels = json.loads(path.read_text()).get("labels") or {}
+    return set(labels.get("trained_on") or [])
+
+
 class Trainer:
     """Fine-tunes `loaded.sam` in place on a template set and a folder of unlabeled specimens."""
 
@@ -108,7 +117,13 @@ class Trainer:
         self.should_stop = should_stop or (lambda: False)
         self.encoder = Encoder(loaded)
         self.dist = Distributed.from_env(loaded.device)
-        self.split = Split.choose(len(template_set.templates), len(labels.templates) if labels else 0, config)
+        # the adapter this run started from (kept through a resume), and the labels it trained on
+        self.started_from = config.init_adapter
+        if resume is not None and (resume / VALIDATION_NAME).is_file():
+            self.started_from = json.loads((resume / VALIDATION_NAME).read_text()).get("init_adapter")
+        earlier = _trained_labels(self.started_from) if self.started_from is not None else set()
+        self.split = Split.choose(len(template_set.templates), [t.name for t in labels.templates] if labels else [],
+                                  config, earlier)
         # what an epoch visits: palindromes on unlabelled specimens, supervised steps on labels
         self.items = [("palindrome", p) for p in self.specimens] + [("label", i) for i in self.split.train_labels]
         if not self.items:
@@ -125,6 +140,7 @@ class Trainer:
             self.base_state = {name: t.clone() for name, t in trainable_state(loaded.sam).items()}  # not views
             load_weights(loaded.sam, config.init_adapter)
         self.base_iou: dict[str, float] | None = None  # per structure, when starting from an adapter
+        self._precision_before = loaded.mixed_precision  # given back when the run ends: predictions stay bf16
         if config.precision == "fp16" and loaded.device.type == "cuda":
             loaded.mixed_precision = torch.float16
         # fp16 gradients underflow without loss scaling; bf16 and full precision need none
@@ -194,6 +210,8 @@ class Trainer:
                               f"{len(missing)} missing trainable tensors, e.g. {example}); start a new adapter")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_score, self.best_epoch = float(state["best_score"]), int(state["best_epoch"])
         validation = json.loads((resume / VALIDATION_NAME).read_text())
@@ -257,7 +275,7 @@ class Trainer:
         self.history.append(entry)
         self._log(entry)
         write_validation(self.out_dir, describe(self.loaded), self.templates, self.labels, self.split, self.config,
-                         self.best_epoch, self.history)
+                         self.best_epoch, self.history, self.started_from)
         self._scalars({"validation/mean_iou": mean, **{f"validation/{k}": v for k, v in per_structure.items()}}
                       if mean is not None else {}, self.epoch)
         self.progress({"type": "epoch", **entry})
@@ -275,6 +293,7 @@ class Trainer:
             "step": self.step,
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
+            "scaler": self.scaler.state_dict(),
         }
         tmp = self.out_dir / (STATE_NAME + ".tmp")
         torch.save(state, tmp)
@@ -415,6 +434,7 @@ class Trainer:
         finally:
             if self.board is not None:
                 self.board.close()
+            self.loaded.mixed_precision = self._precision_before
             self.features.close()
 
     def _run(self) -> TrainResult:

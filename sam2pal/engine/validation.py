@@ -8,6 +8,7 @@ template's memory, and the templates all train.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,18 +36,35 @@ class Split:
     test_labels: list[int]
 
     @classmethod
-    def choose(cls, templates: int, labels: int, config: TrainConfig) -> "Split":
+    def choose(cls, templates: int, labels: list[str], config: TrainConfig, trained_before: set[str]) -> "Split":
         """Labels are split when there are two or more (every template is memory then); else the
-        templates are, and a single label trains."""
-        if labels >= 2:
-            train, test = split_templates(labels, config.folds, config.fold, config.seed)
+        templates are, and a single label trains. `trained_before`: labels the adapter a run
+        starts from was trained on, never held out."""
+        train, test = split_labels(labels, config.folds, config.fold, config.seed, trained_before)
+        if test:
             return cls(list(range(templates)), [], train, test)
-        train, held = split_templates(templates, config.folds, config.fold, config.seed)
-        return cls(train, held, list(range(labels)), [])
+        kept, held = split_templates(templates, config.folds, config.fold, config.seed)
+        return cls(kept, held, list(range(len(labels))), [])
 
     @property
     def validated(self) -> bool:
         return bool(self.held_out or self.test_labels)
+
+
+def split_labels(names: list[str], folds: int, fold: int, seed: int, trained_before: set[str]) -> tuple[list[int], list[int]]:
+    """(training, test) label indices. A label's fold comes from a seeded hash of its file name,
+    so it keeps its part when a later round adds labels, and a label an earlier round trained on
+    is never tested; at least one is tested when two or more could be."""
+    candidates = [i for i, name in enumerate(names) if name not in trained_before]
+    if len(names) < 2 or not candidates:
+        return list(range(len(names))), []
+    folds = min(folds, len(names))
+
+    def key(index: int) -> int:
+        return int(hashlib.sha256(f"{seed}:{names[index]}".encode()).hexdigest(), 16)
+
+    test = [i for i in candidates if key(i) % folds == fold % folds] or [min(candidates, key=key)]
+    return [i for i in range(len(names)) if i not in test], test
 
 
 @torch.no_grad()
@@ -75,7 +93,7 @@ def score_held_out(encoder: Encoder, templates: TemplateSet, memory: list[int],
 
 
 def write_validation(out_dir: Path, model: str, templates: TemplateSet, labels: TemplateSet | None, split: Split,
-                     config: TrainConfig, best_epoch: int, history: list[dict]) -> None:
+                     config: TrainConfig, best_epoch: int, history: list[dict], started_from: str | Path | None) -> None:
     """validation.json: what was held out and trained on, and every epoch's scores (epoch 0 is
     the model trained from: the base model, or the --init-adapter, with the base model's score
     beside it)."""
@@ -92,9 +110,9 @@ def write_validation(out_dir: Path, model: str, templates: TemplateSet, labels: 
             "trained_on": [labels.templates[i].name for i in split.train_labels],
             "supervised_only": config.supervised_only},
         "split": {"folds": config.folds, "fold": config.fold, "seed": config.seed},
-        "init_adapter": None if config.init_adapter is None else str(config.init_adapter),
+        "init_adapter": None if started_from is None else str(started_from),
         "best_epoch": best_epoch,
-        "zero_shot_mean_iou": history[0]["mean_iou"] if config.init_adapter is None else history[0].get("base_mean_iou"),
-        "init_adapter_mean_iou": history[0]["mean_iou"] if config.init_adapter is not None else None,
+        "zero_shot_mean_iou": history[0].get("base_mean_iou", history[0]["mean_iou"]) if started_from else history[0]["mean_iou"],
+        "init_adapter_mean_iou": history[0]["mean_iou"] if started_from else None,
         "epochs": history,
     })

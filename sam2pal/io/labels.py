@@ -21,7 +21,7 @@ def load_labels(json_path: str | Path, images: str | Path, structures: list[str]
     """The labelled specimens of `json_path`, found in the folder `images` (or next to the JSON),
     with `structures` (the templates') in their order. A structure a label does not annotate is
     not annotated there (no loss), as on a template."""
-    labels = load_coco_templates(json_path, images, max_pixels, LABELLED_IMAGES)
+    labels = load_coco_templates(json_path, images, max_pixels, LABELLED_IMAGES, absent_only=True)
     unknown = [name for name in labels.structures if name not in structures]
     if unknown:
         raise SamPalError(f"--labels {json_path}: categor{'y' if len(unknown) == 1 else 'ies'} "

@@ -272,10 +272,12 @@ def load_coco_templates(
     image_dir: str | Path | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     role: ImageRole = TEMPLATE_IMAGES,
+    absent_only: bool = False,
 ) -> TemplateSet:
     """Templates from a COCO file: every image with at least one annotation; one mask per
     category per image, several annotations of a category OR-ed (two eyes are one 'eye').
-    `role` names the images in messages (labelled specimens load the same way)."""
+    `role` names the images in messages (labelled specimens load the same way); with
+    `absent_only`, an image that only marks structures absent is kept too."""
     json_path = Path(json_path)
     image_dir = None if image_dir is None else Path(image_dir)
     if image_dir is not None and not image_dir.is_dir():
@@ -284,7 +286,7 @@ def load_coco_templates(
             f"{role.folder_flag}"
         )
     coco = read_coco(json_path, f"{role.noun} file")
-    images = [image for image in coco.images if image.annotations]
+    images = [image for image in coco.images if image.annotations or (absent_only and image.absent)]
     if not images:
         raise SamPalError(
             f"{json_path}: no image has a usable annotation; draw at least one structure as a "

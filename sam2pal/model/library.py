@@ -93,6 +93,7 @@ class AdapterLibrary:
         for file_name in (WEIGHTS_NAME, CONFIG_NAME):
             shutil.copy2(adapter_dir / file_name, staging / file_name)
         np.save(staging / REFERENCES_NAME, np.asarray(references, dtype=np.float32))
+        shutil.rmtree(self.folder / name, ignore_errors=True)  # not in the index: left by an interrupted add or remove
         staging.rename(self.folder / name)
         entry = LibraryEntry(
             name=name, base_model=config.base_model, base_fingerprint=config.base_fingerprint,
