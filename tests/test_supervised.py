@@ -197,3 +197,18 @@ def test_the_label_efficiency_curve_is_drawn():
     curve = {"new-setup": {"supervised": {"0": 0.25, "1": 0.26, "5": 0.28, "20": 0.3}, "palindrome": 0.27}}
     with Image.open(io.BytesIO(label_curve(curve, (0, 1, 5, 20)))) as png:
         assert png.format == "PNG" and png.size == (720, 480)
+
+
+def test_a_label_that_only_marks_a_structure_absent_is_kept(labelled, tmp_path):
+    """A correction that removed a structure: no annotation on that image, only 'absent'."""
+    truth = json.loads((labelled / "ground_truth.json").read_text())
+    structures = load_templates(labelled / "templates.json").structures
+    first = truth["images"][0]
+    truth["annotations"] = [a for a in truth["annotations"] if a["image_id"] != first["id"]]
+    first["structure_status"] = {structures[0]: "absent"}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(truth))
+    labels = load_labels(path, labelled / "specimens", structures)
+    kept = next(i for i, t in enumerate(labels.templates) if t.name == first["file_name"])
+    assert labels.templates[kept].absent == {structures[0]} and labels.annotated(kept)[0]
+    assert not any(labels.annotated(kept)[1:])  # the others are not annotated there
