@@ -26,20 +26,11 @@ from sam2pal.model.adapters import load_weights
 from sam2pal.model.build import describe, load_model
 from sam2pal.plots import label_curve
 from sam2pal.quality import score_collection
-from sam2pal.synthetic.domains import CollectionFiles, write_collection
+from sam2pal.synthetic.domains import CollectionFiles, specimen_subset, write_collection
 
 COUNTS = (0, 1, 2, 5, 10, 20)
 DOMAINS = ("new-setup", "unseen-taxon")
 _POOL, _UNLABELLED, _TEST = 20, 12, 12  # specimens per collection: label pool, palindrome photos, test
-
-
-def _test_part(files: CollectionFiles, paths: list[Path]) -> CollectionFiles:
-    folder = files.folder / "test_specimens"
-    folder.mkdir(exist_ok=True)
-    for path in paths:
-        (folder / path.name).symlink_to(path)
-    return CollectionFiles(files.folder, files.templates, folder, files.ground_truth, files.structures,
-                           files.thin, files.taxon)
 
 
 def _fine_tuned_iou(model: str, image_size: int | None, device: str, templates: TemplateSet, specimens: list[Path],
@@ -71,7 +62,7 @@ def run_labels(model: str, image_size: int | None, device: str, seeds: int, epoc
                 files = write_collection(Path(tmp) / f"{domain}-{seed}", domain, seed, templates=2,
                                          specimens=_POOL + _UNLABELLED + _TEST, purpose="finetune")
                 paths = list_images(files.specimens)
-                unlabelled, test = paths[_POOL:_POOL + _UNLABELLED], _test_part(files, paths[_POOL + _UNLABELLED:])
+                unlabelled, test = paths[_POOL:_POOL + _UNLABELLED], specimen_subset(files, paths[_POOL + _UNLABELLED:], "test_specimens")
                 templates = load_coco_templates(files.templates)
                 everything = load_labels(files.ground_truth, files.specimens, templates.structures)
                 pool = [t for t in everything.templates if t.name in {p.name for p in paths[:_POOL]}]

@@ -26,19 +26,10 @@ from sam2pal.model.adapters import load_adapter
 from sam2pal.model.build import describe, load_model
 from sam2pal.model.library import AdapterLibrary
 from sam2pal.quality import score_collection
-from sam2pal.synthetic.domains import CollectionFiles, write_collection
+from sam2pal.synthetic.domains import specimen_subset, write_collection
 
 DOMAINS = ("in-domain", "new-setup", "unseen-taxon")
 _TRAIN, _TEST = 12, 12
-
-
-def _subset(files: CollectionFiles, paths: list[Path], name: str) -> CollectionFiles:
-    folder = files.folder / name
-    folder.mkdir(exist_ok=True)
-    for path in paths:
-        (folder / path.name).symlink_to(path)
-    return CollectionFiles(files.folder, files.templates, folder, files.ground_truth, files.structures,
-                           files.thin, files.taxon)
 
 
 def _model_size(path: Path, model) -> np.ndarray:
@@ -69,7 +60,7 @@ def run_library(model: str, image_size: int | None, device: str, seeds: int, epo
                 files = write_collection(root / name, domain, 200 + seed, templates=3, specimens=_TRAIN + _TEST,
                                          purpose="finetune")
                 paths = list_images(files.specimens)
-                train, test = paths[:_TRAIN], _subset(files, paths[_TRAIN:], "test")
+                train, test = paths[:_TRAIN], specimen_subset(files, paths[_TRAIN:], "test")
                 templates = load_coco_templates(files.templates)
                 loaded = load_model(model, image_size, device)
                 result = Trainer(loaded, templates, train, root / f"{name}-adapter",
@@ -97,7 +88,7 @@ def run_library(model: str, image_size: int | None, device: str, seeds: int, epo
                 loaded = load_model(model, image_size, device)
                 if adapter:
                     load_adapter(loaded, library.adapter_dir(adapter))
-                scored += score_collection(loaded, _subset(files, picked, f"routed-{adapter or 'base'}"), templates=3,
+                scored += score_collection(loaded, specimen_subset(files, picked, f"routed-{adapter or 'base'}"), templates=3,
                                            qc=False)
             joint = load_model(model, image_size, device)
             load_adapter(joint, joint_dir)

@@ -22,7 +22,7 @@ from sam2pal.io.templates import load_coco_templates
 from sam2pal.model.adapters import load_weights
 from sam2pal.model.build import LoadedModel, describe, load_model
 from sam2pal.quality import Line, Scored, score_collection, spearman, summarise, worst_overlap
-from sam2pal.synthetic.domains import CollectionFiles, write_collection
+from sam2pal.synthetic.domains import CollectionFiles, specimen_subset, write_collection
 
 
 def _row(line: Line) -> str:
@@ -95,15 +95,7 @@ def quality_check(upright: list[Scored], turned: list[Scored]) -> tuple[list[str
 def _split_specimens(files: CollectionFiles, train: int) -> tuple[list[Path], CollectionFiles]:
     """First `train` specimens are the fine-tuning's unlabeled photos; the rest are the test set."""
     paths = list_images(files.specimens)
-    test_dir = files.folder / "test_specimens"
-    test_dir.mkdir(exist_ok=True)
-    for path in paths[train:]:
-        target = test_dir / path.name
-        if not target.exists():
-            target.symlink_to(path)
-    test = CollectionFiles(files.folder, files.templates, test_dir, files.ground_truth, files.structures,
-                           files.thin, files.taxon)
-    return paths[:train], test
+    return paths[:train], specimen_subset(files, paths[train:], "test_specimens")
 
 
 def finetuning(model: str, image_size: int | None, device: str, folder: Path, seeds: int, epochs: int) -> tuple[list[str], dict]:

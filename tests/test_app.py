@@ -28,6 +28,14 @@ from conftest import IMAGE_SIZE
 CONFIG = AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu")
 
 
+def _session_with(ui: SamPalApp, collection: Path):
+    """A new session holding the collection's two templates and its specimens."""
+    token, ws = ui.workspaces.get(None)
+    ws.import_coco(str(collection / "templates.json"), [str(collection / "template_0.png"), str(collection / "template_1.png")])
+    ws.add_specimens([str(p) for p in sorted((collection / "specimens").iterdir())], Limits())
+    return token, ws
+
+
 @pytest.fixture
 def backend():
     local = LocalBackend()
@@ -191,9 +199,7 @@ def test_the_model_is_picked_per_run_among_those_the_server_offers(tmp_path, col
     recorder = Recorder()
     config = AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu", models=("random:small",))
     ui = SamPalApp(config, recorder, Workspaces(tmp_path))
-    token, ws = ui.workspaces.get(None)
-    ws.import_coco(str(collection / "templates.json"), [str(collection / "template_0.png"), str(collection / "template_1.png")])
-    ws.add_specimens([str(p) for p in (collection / "specimens").iterdir()], Limits())
+    token, ws = _session_with(ui, collection)
     assert ui.choices == ["random:tiny", "random:small"]
     ui.start_prediction("none", "none", "256", "random:small", token)
     assert recorder.specs[-1].model == "random:small" and recorder.specs[-1].kind == "predict"
@@ -206,9 +212,7 @@ def test_a_correction_in_the_review_updates_mask_overlay_coco_and_ranking(backen
     import gradio as gr
 
     ui = SamPalApp(CONFIG, backend, Workspaces(tmp_path))
-    token, ws = ui.workspaces.get(None)
-    ws.import_coco(str(collection / "templates.json"), [str(collection / "template_0.png"), str(collection / "template_1.png")])
-    ws.add_specimens([str(p) for p in sorted((collection / "specimens").iterdir())], Limits())
+    token, ws = _session_with(ui, collection)
     ui.start_prediction("none", "none", str(IMAGE_SIZE), "random:tiny", token)
     status = backend.wait(ws.job("predict"), timeout=300)
     assert status.state == "done", status.error
@@ -276,9 +280,7 @@ def test_corrections_retrain_as_labels_and_the_table_shows_zero_shot_previous_an
     import gradio as gr
 
     ui = SamPalApp(CONFIG, backend, Workspaces(tmp_path))
-    token, ws = ui.workspaces.get(None)
-    ws.import_coco(str(collection / "templates.json"), [str(collection / "template_0.png"), str(collection / "template_1.png")])
-    ws.add_specimens([str(p) for p in sorted((collection / "specimens").iterdir())], Limits())
+    token, ws = _session_with(ui, collection)
     assert "can be used here as labels" in ui.corrections_note(token)
     ui.start_prediction("none", "none", str(IMAGE_SIZE), "random:tiny", token)
     status = backend.wait(ws.job("predict"), timeout=300)

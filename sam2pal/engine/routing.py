@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sam2pal.engine.frames import Encoder
 from sam2pal.engine.propagate import Decoding, ProgressFn, Propagator, load_specimen, predict_collection
 from sam2pal.engine.qc import QCConfig
 from sam2pal.engine.selector import Choice, choose, embed, floor
@@ -42,8 +43,6 @@ def library_identity(library: AdapterLibrary, model: LoadedModel, min_confidence
 def select_adapters(model: LoadedModel, library: AdapterLibrary, paths: list[Path], decoding: Decoding,
                     min_confidence: float, batch_size: int) -> dict[Path, Choice | None]:
     """The adapter for each photo; None for a photo that cannot be read (predicting it reports why)."""
-    from sam2pal.engine.frames import Encoder
-
     encoder = Encoder(model)
     references = {e.name: library.references(e.name) for e in library.entries()}
     floors = {name: floor(vectors) for name, vectors in references.items()}

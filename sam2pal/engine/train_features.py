@@ -32,6 +32,7 @@ class TrainingFeatures:
         self.max_pixels = max_pixels
         self.warn = warn
         self.skipped: list[str] = []
+        self._masks: dict[tuple[str, int], torch.Tensor] = {}  # (templates|labels, index) -> masks at model size
 
     def _encoding(self) -> torch.set_grad_enabled:
         """Encoder gradients only when the encoder trains, and never inside validation's no_grad."""
@@ -72,10 +73,13 @@ class TrainingFeatures:
         return frame
 
     def annotated(self, group: TemplateSet, index: int, frame: Frame) -> Annotated:
-        """`frame` with what `group`'s image `index` says of each structure, at the model's size."""
-        loaded = self.encoder.loaded
-        masks = resize_masks(group.mask_stack(index), loaded.image_size).to(loaded.device)
-        return Annotated(frame, masks, group.annotated(index))
+        """`frame` with what `group`'s image `index` says of each structure, at the model's size;
+        the masks are resized once, not at every supervised step (templates may be 24 MP)."""
+        key = ("templates" if group is self.templates else "labels", index)
+        if key not in self._masks:
+            loaded = self.encoder.loaded
+            self._masks[key] = resize_masks(group.mask_stack(index), loaded.image_size).to(loaded.device)
+        return Annotated(frame, self._masks[key], group.annotated(index))
 
     def close(self) -> None:
         if self.cache is not None:

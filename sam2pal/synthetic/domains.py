@@ -73,6 +73,19 @@ class CollectionFiles:
     taxon: str
 
 
+def specimen_subset(files: CollectionFiles, paths: list[Path], name: str) -> CollectionFiles:
+    """The collection with only `paths` as its specimens (linked into folder `name`), e.g. the
+    test part that fine-tuning never sees; templates and ground truth stay the collection's."""
+    folder = files.folder / name
+    folder.mkdir(exist_ok=True)
+    for path in paths:
+        target = folder / path.name
+        if not target.exists():
+            target.symlink_to(path)
+    return CollectionFiles(files.folder, files.templates, folder, files.ground_truth, files.structures,
+                           files.thin, files.taxon)
+
+
 def _coco(structures: list[str]) -> dict:
     return {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": n} for i, n in enumerate(structures)]}
 
