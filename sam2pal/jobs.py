@@ -223,9 +223,10 @@ class PointsRunner:
     prompt decoder alone, without decoding the photo again.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, decoder_threads: int | None = None) -> None:
         self._model_key: tuple | None = None
         self._prompter = None
+        self._decoder_threads = decoder_threads
 
     def run(self, spec: JobSpec) -> dict[str, str]:
         """A mask from clicks on the image `spec.images`, saved as workdir/mask.png."""
@@ -239,7 +240,8 @@ class PointsRunner:
 
         model_key = (spec.model, spec.image_size, spec.device)
         if model_key != self._model_key:
-            self._prompter = PointPrompter(api.load_model(spec.model, spec.image_size, spec.device))
+            self._prompter = PointPrompter(api.load_model(spec.model, spec.image_size, spec.device),
+                                           decoder_threads=self._decoder_threads)
             self._model_key = model_key
         path = Path(spec.images)
         width, height = image_size(path)  # the header names a missing or unreadable file

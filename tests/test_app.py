@@ -185,6 +185,55 @@ def test_clicks_give_a_sam2_mask_that_is_accepted_into_a_structure(backend, tmp_
     assert np.array_equal(stored, square | clicked)  # a click adds to what was drawn
 
 
+def test_a_click_maps_from_the_click_image_to_the_photo_and_a_replaced_photo_is_read_again(backend, tmp_path, collection):
+    import gradio as gr
+
+    ui = SamPalApp(CONFIG, backend, Workspaces(tmp_path))
+    token, ws = ui.workspaces.get(None)
+    photo = tmp_path / "big.png"
+    Image.open(collection / "template_0.png").resize((1600, 1200)).save(photo)
+    ui.upload_templates([str(photo)], token)
+    ui.apply_structures("head", token)
+    click = gr.SelectData(target=None, data={"index": [512, 384], "value": None, "selected": True})
+    points, mask_path, shown, _ = ui.click_point([], "inside (positive)", "big.png", token, click)
+    assert points == [[800.0, 600.0, 1]] and shown.shape == (768, 1024, 3)  # the click image is at most 1024 px
+    assert (np.asarray(Image.open(mask_path)) > 0).shape == (1200, 1600)
+    Image.open(collection / "template_1.png").resize((800, 600)).save(ws.template_path("big.png"))
+    os.utime(ws.template_path("big.png"), ns=(time.time_ns() + 10**9,) * 2)
+    points, mask_path, shown, _ = ui.click_point([], "inside (positive)", "big.png", token, click)
+    assert points == [[512.0, 384.0, 1]] and shown.shape == (600, 800, 3)
+    assert (np.asarray(Image.open(mask_path)) > 0).shape == (600, 800)
+
+
+def test_the_page_polls_only_while_a_job_of_its_session_runs(tmp_path, collection):
+    from sam2pal.jobs import JobStatus
+
+    class Held:
+        """A backend whose jobs run until the test ends them."""
+
+        def __init__(self):
+            self.states = {}
+
+        def start(self, spec):
+            self.states[spec.job_id] = "running"
+            return spec.job_id
+
+        def status(self, job_id):
+            return JobStatus(job_id, "predict", self.states[job_id])
+
+    held = Held()
+    ui = SamPalApp(CONFIG, held, Workspaces(tmp_path))
+    token, ws = _session_with(ui, collection)
+    other, _ = _session_with(ui, collection)
+    assert ui.live_view(token)[-1].active is False  # nothing started: the page's timer stops
+    ui.start_prediction("none", "none", str(IMAGE_SIZE), "random:tiny", token)
+    view = ui.live_view(token)
+    assert view[-1].active is True and view[5].startswith("running")
+    assert ui.live_view(other)[-1].active is False  # another session's job is not this page's
+    held.states[ws.job("predict")] = "cancelled"
+    assert ui.live_view(token)[-1].active is False and ui.live_view(token)[5].startswith("cancelled")
+
+
 def test_the_model_is_picked_per_run_among_those_the_server_offers(tmp_path, collection):
     import gradio as gr
 

@@ -145,6 +145,28 @@ def test_a_points_runner_loads_its_model_once_and_encodes_an_image_again_only_wh
     assert first.shape == (120, 160)
 
 
+def test_the_click_process_decodes_prompts_on_one_thread_and_encodes_on_all(collection, tmp_path, monkeypatch):
+    import torch
+
+    from sam2pal.engine import frames, points
+    from sam2pal.jobs import PointsRunner
+
+    threads = {}
+    encode, prompt = frames.Encoder.encode_images, points.prompt
+    monkeypatch.setattr(frames.Encoder, "encode_images",
+                        lambda self, *a: threads.setdefault("encode", torch.get_num_threads()) and encode(self, *a))
+    monkeypatch.setattr(points, "prompt", lambda *a: threads.setdefault("decode", torch.get_num_threads()) and prompt(*a))
+    before = torch.get_num_threads()
+    spec = JobSpec(kind="points", workdir=str(tmp_path), templates="", images=str(collection / "template_0.png"),
+                   model="random:tiny", image_size=IMAGE_SIZE, device="cpu", points=[[40, 60, 1]])
+    one = np.asarray(Image.open(PointsRunner(decoder_threads=1).run(spec)["mask"])) > 0
+    assert threads == {"encode": before, "decode": 1} and torch.get_num_threads() == before
+    threads.clear()
+    default = np.asarray(Image.open(PointsRunner().run(spec)["mask"])) > 0
+    assert threads == {"encode": before, "decode": before}
+    assert (one != default).mean() < 0.001  # the thread count changes rounding, not the mask
+
+
 def test_a_click_past_its_time_limit_fails_and_frees_the_lane(collection, tmp_path):
     backend = LocalBackend(click_time_limit=0.5)  # less than starting a process takes
     try:

@@ -7,7 +7,8 @@ candidates for a single click).
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,10 +28,11 @@ class PointPrompter:
     encoded once.
     """
 
-    def __init__(self, loaded: LoadedModel, cache_bytes: int = 256 << 20):
+    def __init__(self, loaded: LoadedModel, cache_bytes: int = 256 << 20, decoder_threads: int | None = None):
         self.loaded = loaded
         self.encoder = Encoder(loaded)
         self.cache = FeatureCache(cache_bytes)
+        self.decoder_threads = decoder_threads  # None: torch's own number
 
     @torch.no_grad()
     def mask(self, points: list[tuple[float, float, int]], size: tuple[int, int], key: str,
@@ -50,6 +52,19 @@ class PointPrompter:
         flat = self.encoder.flatten(frame)
         coords = torch.tensor([[(x * side / width, y * side / height) for x, y, _ in points]], dtype=torch.float32)
         labels = torch.tensor([[label for _, _, label in points]], dtype=torch.int32)
-        with self.loaded.autocast():
+        with _threads(self.decoder_threads), self.loaded.autocast():
             output = prompt(self.loaded.sam, flat, coords.to(self.loaded.device), labels.to(self.loaded.device))
-        return full_resolution(output.best_low_res, height, width)[0]
+            return full_resolution(output.best_low_res, height, width)[0]
+
+
+@contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    """torch's CPU threads set to `count` for a while (process-wide, so only for a process
+    that does nothing else meanwhile, like the click process)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -7,10 +7,14 @@ that comes back (almost) fully painted is the lost-canvas failure, not a drawing
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
 from sam2pal.errors import SamPalError
+from sam2pal.io.images import load_photo
 from sam2pal.io.overlays import overlay, structure_color
 
 EDITOR_MAX_SIDE = 2048
@@ -26,6 +30,19 @@ def editor_image(image: np.ndarray, max_side: int = EDITOR_MAX_SIDE) -> np.ndarr
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+
+
+def click_image(path: Path) -> np.ndarray:
+    """The photo at the click image's size, read-only; decoded once per file version (at the
+    JPEG's reduced DCT scale), since every click redraws it."""
+    return _click_image(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _click_image(path: str, modified_ns: int) -> np.ndarray:
+    image = load_photo(path, 0, CLICK_MAX_SIDE).image
+    image.setflags(write=False)
+    return image
 
 
 def to_full_resolution(mask: np.ndarray, height: int, width: int) -> np.ndarray:

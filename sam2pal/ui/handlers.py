@@ -19,13 +19,14 @@ from PIL import Image
 from backends.base import Backend
 from sam2pal.errors import SamPalError
 from sam2pal.io.corrections import replace_mask, stored_masks
-from sam2pal.io.images import load_photo
+from sam2pal.io.images import image_size, load_photo
 from sam2pal.io.overlays import structure_color
 from sam2pal.jobs import JobSpec, JobStatus, check_client_request
 from sam2pal.synthetic import TRAINED_ON
 from sam2pal.ui.editing import (
     CLICK_MAX_SIDE,
     EDITOR_MAX_SIDE,
+    click_image,
     corrected,
     editor_image,
     layer_masks,
@@ -189,11 +190,11 @@ class SamPalApp(FineTuneHandlers):
         ws = self._ws(token)
         if not name:
             raise gr.Error("Upload or choose a template image first.")
-        image = ws.template_image(name)
-        shown = editor_image(image, CLICK_MAX_SIDE)  # the size the click image is shown at
-        scale = image.shape[1] / shown.shape[1]
+        path = ws.template_path(name)
+        shown = click_image(path)  # the click image as the browser shows it
+        scale = image_size(path)[0] / shown.shape[1]
         points = points + [[evt.index[0] * scale, evt.index[1] * scale, 0 if kind.startswith("outside") else 1]]
-        spec = JobSpec(kind="points", workdir=str(ws.job_dir()), templates="", images=str(ws.template_path(name)),
+        spec = JobSpec(kind="points", workdir=str(ws.job_dir()), templates="", images=str(path),
                        model=self.config.model, image_size=self.config.image_size, device=self.config.device,
                        points=points)
         # longer than the local click lane's own 600 s limit, so its "no mask" message is what shows
@@ -201,7 +202,7 @@ class SamPalApp(FineTuneHandlers):
         if status.state != "done":
             raise gr.Error(status.error or f"the click job was {status.state}")
         mask = np.asarray(Image.open(status.files["mask"])) > 0
-        return points, status.files["mask"], with_points(tinted(image, mask, 0, max_side=CLICK_MAX_SIDE), points, scale), f"{len(points)} points"
+        return points, status.files["mask"], with_points(tinted(shown, mask, 0, max_side=CLICK_MAX_SIDE), points, scale), f"{len(points)} points"
 
     def accept_points(self, mask_path: str | None, name: str | None, structure: str | None, token: str):
         """Add the clicked mask to the chosen structure's mask (union), then start a fresh set of clicks."""
@@ -318,6 +319,15 @@ class SamPalApp(FineTuneHandlers):
         if status.state != "done":
             return line, []
         return line, [(str(path), caption) for path, caption, _ in self._ranked(status)]
+
+    def live_view(self, token: str):
+        """What the page's timer refreshes: the fine-tune's and the segmentation's progress, the
+        corrections note, and whether to tick again. It ticks only while a job of this session
+        runs, so an idle page costs the server and the browser nothing (a click answers sooner)."""
+        ws = self._ws(token)
+        running = any(s is not None and not s.finished for s in (self._status(ws, "train"), self._status(ws, "predict")))
+        return (*self.training_view(token), self.corrections_note(token), *self.prediction_view(token),
+                gr.Timer(active=running))
 
     def _ranked(self, status: JobStatus) -> list[tuple[Path, str, str]]:
         """The ranking of this job's report, read again only when the report changed (every open
