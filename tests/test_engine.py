@@ -63,7 +63,10 @@ def test_logits_equal_sam2_video_predictor(tmp_path, tiny, tiny_checkpoint, coll
 
     assert ours.shape == reference.shape == (3, 1, 120, 160)
     assert reference.abs().max() > 0.01  # not trivially zero
-    assert torch.allclose(ours, reference, atol=1e-4, rtol=0)
+    if ours.device.type == "cpu":  # the same fp32 arithmetic: the same logits
+        assert torch.allclose(ours, reference, atol=1e-4, rtol=0)
+    else:  # bf16 on a GPU against Meta's fp32 on the CPU: the same masks, up to a few boundary pixels
+        assert ((ours.cpu() > 0) == (reference > 0)).float().mean() > 0.99
 
 
 def test_batched_specimens_match_one_at_a_time(tiny, collection):
