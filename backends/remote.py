@@ -7,11 +7,13 @@ sees the same files a local job would leave.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
 import zipfile
 from pathlib import Path
+from typing import Iterator
 
 from backends.base import Backend
 from sam2pal.errors import SamPalError
@@ -43,6 +45,9 @@ class RemoteBackend(Backend):
         def images(folder: str) -> list:
             return [handle_file(str(p)) for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
 
+        if spec.kind == "points":
+            raise SamPalError("click points need the model on this server; with --backend remote draw the masks "
+                              "in the editor, or start the app with --backend local for click points")
         if spec.labels is not None or spec.train.get("init_adapter") is not None or spec.library is not None:
             raise SamPalError("corrections as labels, the previous adapter and the adapter library run on this "
                               "server's own backend only; untick or change those options for the remote server")
@@ -58,8 +63,9 @@ class RemoteBackend(Backend):
             adapter = handle_file(str(adapter))
         params = json.dumps({k: getattr(spec, k) for k in SUBMITTABLE_FIELDS})
         template_folder = spec.template_images or str(Path(spec.templates).parent)
-        remote_id = self._client.predict(spec.kind, handle_file(spec.templates), images(template_folder),
-                                         images(spec.images), params, adapter, api_name="/submit_job")
+        with _refusals():
+            remote_id = self._client.predict(spec.kind, handle_file(spec.templates), images(template_folder),
+                                             images(spec.images), params, adapter, api_name="/submit_job")
         with self._lock:
             self._specs[spec.job_id] = spec
             self._remote_ids[spec.job_id] = remote_id
@@ -67,7 +73,8 @@ class RemoteBackend(Backend):
 
     def status(self, job_id: str) -> JobStatus:
         remote_id = self._remote_ids[job_id]
-        data = json.loads(self._client.predict(remote_id, api_name="/job_status"))
+        with _refusals():
+            data = json.loads(self._client.predict(remote_id, api_name="/job_status"))
         names = data.pop("files")
         status = JobStatus(**{**data, "job_id": job_id, "files": {}})
         if status.state == "done":
@@ -103,3 +110,15 @@ class RemoteBackend(Backend):
 
     def cancel(self, job_id: str) -> None:
         self._client.predict(self._remote_ids[job_id], api_name="/cancel_job")
+
+
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The other server's own refusal (a gr.Error there, an AppError here) is a SamPalError with
+    its message, so the page shows it as a message rather than a raw exception."""
+    from gradio_client.exceptions import AppError
+
+    try:
+        yield
+    except AppError as exc:
+        raise SamPalError(f"the remote server refused: {exc}") from exc

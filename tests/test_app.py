@@ -234,6 +234,20 @@ def test_the_page_polls_only_while_a_job_of_its_session_runs(tmp_path, collectio
     assert ui.live_view(token)[-1].active is False and ui.live_view(token)[5].startswith("cancelled")
 
 
+def test_importing_a_coco_file_shows_the_categories_it_skipped(tmp_path, collection):
+    coco = json.loads((collection / "templates.json").read_text())
+    coco["categories"].append({"id": 99, "name": "descriptron-helper"})  # what other tools add to exports
+    (tmp_path / "export.json").write_text(json.dumps(coco))
+    ui = SamPalApp(CONFIG, None, Workspaces(tmp_path / "ws"))
+    token, ws = ui.workspaces.get(None)
+    with pytest.warns(UserWarning, match="descriptron-helper"):
+        text, _, _, note = ui.import_coco(str(tmp_path / "export.json"),
+                                          [str(collection / f"template_{i}.png") for i in (0, 1)], token)
+    assert note.startswith("Imported 2 templates with 3 structures.")
+    assert "category 'descriptron-helper' (id 99) has no annotation on any template: skipped" in note
+    assert "descriptron-helper" not in text.splitlines() and ws.structures == text.splitlines()
+
+
 def test_the_model_is_picked_per_run_among_those_the_server_offers(tmp_path, collection):
     import gradio as gr
 

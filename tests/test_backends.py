@@ -239,6 +239,24 @@ def test_remote_backend_predicts_with_the_adapter_fine_tuned_here(app_server, co
     assert info["adapter"]["sha256"] == file_sha256(Path(adapter) / "adapter_model.safetensors")
 
 
+def test_remote_backend_refusals_are_messages_and_clicks_say_where_they_work(app_server, collection, tmp_path):
+    import gradio as gr
+
+    from backends.remote import RemoteBackend
+    from sam2pal.ui.handlers import AppConfig, SamPalApp
+    from sam2pal.ui.workspace import Workspaces
+
+    remote = RemoteBackend(app_server.local_url)
+    with pytest.raises(SamPalError, match=r"^the remote server refused: .*train\.cache_dir"):
+        remote.start(_spec(collection, tmp_path, kind="train", train={"cache_dir": str(tmp_path / "x")}))
+    ui = SamPalApp(AppConfig(model="random:tiny", image_size=IMAGE_SIZE, device="cpu"), remote, Workspaces(tmp_path / "ws"))
+    token, _ = ui.workspaces.get(None)
+    ui.upload_templates([str(collection / "template_0.png")], token)
+    click = gr.SelectData(target=None, data={"index": [40, 60], "value": None, "selected": True})
+    with pytest.raises(gr.Error, match="click points need the model on this server.*--backend local"):
+        ui.click_point([], "inside (positive)", "template_0.png", token, click)
+
+
 def test_remote_backend_needs_an_address():
     from backends.remote import RemoteBackend
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from contextlib import nullcontext
 import platform
 import subprocess
@@ -160,6 +161,21 @@ def test_resume_continues_steps_and_epochs(collection, tmp_path):
     log = _log(out)
     assert [e["step"] for e in log if "step" in e] == [1, 2, 3, 4]
     assert [e["epoch"] for e in log if "step" not in e] == [0, 1, 2]
+
+
+def test_resume_refuses_a_state_that_lacks_a_trainable_tensor(collection, tmp_path):
+    templates = load_templates(collection / "templates.json")
+    out = tmp_path / "a"
+    finetune(load_model("random:tiny", IMAGE_SIZE, "cpu"), templates, collection / "specimens", out,
+             TrainConfig(epochs=1, steps_per_epoch=1))
+    state = torch.load(out / "trainer_state.pt", weights_only=True)
+    dropped = next(name for name in sorted(state["weights"]) if "lora" in name)
+    del state["weights"][dropped]
+    torch.save(state, out / "trainer_state.pt")
+    with pytest.raises(SamPalError, match=rf"does not fit this model \(0 unexpected, 1 missing trainable tensors, "
+                                          rf"e\.g\. {re.escape(dropped)}\); start a new adapter"):
+        finetune(load_model("random:tiny", IMAGE_SIZE, "cpu"), templates, collection / "specimens", out,
+                 TrainConfig(epochs=2, steps_per_epoch=1), resume=out)
 
 
 def test_a_cancelled_epoch_is_not_saved_as_done_and_resume_redoes_it(collection, tmp_path):

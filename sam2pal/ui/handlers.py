@@ -18,16 +18,13 @@ from PIL import Image
 
 from backends.base import Backend
 from sam2pal.errors import SamPalError
-from sam2pal.io.corrections import replace_mask, stored_masks
-from sam2pal.io.images import image_size, load_photo
+from sam2pal.io.images import image_size
 from sam2pal.io.overlays import structure_color
 from sam2pal.jobs import JobSpec, JobStatus, check_client_request
 from sam2pal.synthetic import TRAINED_ON
 from sam2pal.ui.editing import (
     CLICK_MAX_SIDE,
-    EDITOR_MAX_SIDE,
     click_image,
-    corrected,
     editor_image,
     layer_masks,
     overview,
@@ -36,7 +33,7 @@ from sam2pal.ui.editing import (
     with_points,
 )
 from sam2pal.ui.finetune import FineTuneHandlers
-from sam2pal.ui.review import clicked_file, ranking, run_folder
+from sam2pal.ui.correcting import ReviewHandlers
 from sam2pal.ui.workspace import Limits, Workspace, Workspaces
 
 EXAMPLE_SEED = 1000  # the example collection: an evaluation seed of its own (never pretrained on)
@@ -78,7 +75,7 @@ def _error(exc: SamPalError) -> gr.Error:
     return gr.Error(str(exc))
 
 
-class SamPalApp(FineTuneHandlers):
+class SamPalApp(FineTuneHandlers, ReviewHandlers):
     """Handlers of the page; each takes the session token and works in that session's workspace."""
 
     def __init__(self, config: AppConfig, backend: Backend, workspaces: Workspaces | None = None):
@@ -122,8 +119,11 @@ class SamPalApp(FineTuneHandlers):
             raise _error(exc) from exc
         names = ws.template_names()
         first = ws.stored_name(imported.templates[0].name)
-        return ("\n".join(ws.structures), gr.Dropdown(choices=names, value=first), _editor(ws.structures),
-                f"Imported {len(imported.templates)} templates with {len(imported.structures)} structures.")
+        note = f"Imported {len(imported.templates)} templates with {len(imported.structures)} structures."
+        for warning in imported.warnings:  # skipped categories, lost annotations: the user must see them
+            gr.Warning(warning)
+        note += "".join(f"\n- {warning}" for warning in imported.warnings)
+        return "\n".join(ws.structures), gr.Dropdown(choices=names, value=first), _editor(ws.structures), note
 
     def load_example(self, token: str):
         """A synthetic example collection (2 templates with their structures, 12 specimens), so a
@@ -197,8 +197,12 @@ class SamPalApp(FineTuneHandlers):
         spec = JobSpec(kind="points", workdir=str(ws.job_dir()), templates="", images=str(path),
                        model=self.config.model, image_size=self.config.image_size, device=self.config.device,
                        points=points)
+        try:
+            job_id = self.backend.start(spec)
+        except SamPalError as exc:
+            raise _error(exc) from exc
         # longer than the local click lane's own 600 s limit, so its "no mask" message is what shows
-        status = self.backend.wait(self.backend.start(spec), timeout=900, poll=0.02)  # a click waits on every poll
+        status = self.backend.wait(job_id, timeout=900, poll=0.02)  # a click waits on every poll
         if status.state != "done":
             raise gr.Error(status.error or f"the click job was {status.state}")
         mask = np.asarray(Image.open(status.files["mask"])) > 0
@@ -309,17 +313,6 @@ class SamPalApp(FineTuneHandlers):
             self.backend.cancel(job_id)
         return "Cancelling…"
 
-    def prediction_view(self, token: str):
-        """Progress line and the overlays, worst quality first."""
-        ws = self._ws(token)
-        status = self._status(ws, "predict")
-        if status is None:
-            return "No segmentation yet.", []
-        line = f"{status.state}: {status.message}" + (f" — {status.error}" if status.error else "")
-        if status.state != "done":
-            return line, []
-        return line, [(str(path), caption) for path, caption, _ in self._ranked(status)]
-
     def live_view(self, token: str):
         """What the page's timer refreshes: the fine-tune's and the segmentation's progress, the
         corrections note, and whether to tick again. It ticks only while a job of this session
@@ -328,85 +321,6 @@ class SamPalApp(FineTuneHandlers):
         running = any(s is not None and not s.finished for s in (self._status(ws, "train"), self._status(ws, "predict")))
         return (*self.training_view(token), self.corrections_note(token), *self.prediction_view(token),
                 gr.Timer(active=running))
-
-    def _ranked(self, status: JobStatus) -> list[tuple[Path, str, str]]:
-        """The ranking of this job's report, read again only when the report changed (every open
-        page asks once a second)."""
-        path = Path(status.files["report"])
-        modified = path.stat().st_mtime_ns
-        cached = self._rankings.get(str(path))
-        if cached is None or cached[0] != modified:
-            cached = self._rankings[str(path)] = (modified, ranking(path))
-        return cached[1]
-
-    # --- corrections ------------------------------------------------------------------------
-
-    def open_correction(self, token: str, structure: str | None, evt: gr.SelectData):
-        ws = self._ws(token)
-        status = self._status(ws, "predict")
-        if status is None or status.state != "done":
-            raise gr.Error("Run a segmentation first.")
-        ranked = self._ranked(status)
-        file_name = clicked_file(ranked, evt)
-        return file_name, *self._correction_editor(ws, status, file_name, structure)
-
-    def _correction_editor(self, ws: Workspace, status: JobStatus, file_name: str, structure: str | None,
-                           image: np.ndarray | None = None):
-        structure = structure or ws.structures[0]
-        try:
-            image = self._review_image(ws, file_name) if image is None else image
-            mask = stored_masks(run_folder(status), file_name)[0][self._structure(ws, structure)]
-        except SamPalError as exc:
-            raise _error(exc) from exc
-        background = tinted(image, mask, ws.structures.index(structure))
-        value = {"background": background, "layers": [], "composite": background}
-        editor = gr.ImageEditor(value=value, layers=gr.LayerOptions(layers=["add", "remove"], allow_additional_layers=False),
-                                brush=gr.Brush(colors=["#00c000", "#e00000"], color_mode="fixed"))
-        return editor, gr.Dropdown(choices=ws.structures, value=structure)
-
-    @staticmethod
-    def _review_image(ws: Workspace, file_name: str) -> np.ndarray:
-        """The specimen decoded at the editor's size: the browser gets no more, masks stay full size."""
-        return load_photo(ws.specimen_path(file_name), 0, EDITOR_MAX_SIDE).image
-
-    @staticmethod
-    def _structure(ws: Workspace, structure: str) -> str:
-        if structure not in ws.structures:
-            raise SamPalError(f"{structure!r} is not one of this session's structures")
-        return structure
-
-    def change_correction_structure(self, file_name: str | None, structure: str | None, token: str):
-        ws = self._ws(token)
-        status = self._status(ws, "predict")
-        if not file_name or status is None:
-            return gr.skip(), gr.skip()
-        return self._correction_editor(ws, status, file_name, structure)
-
-    def apply_correction(self, value: dict | None, file_name: str | None, structure: str | None, to_templates: bool, token: str):
-        """Write the corrected mask into the results (PNG, overlay, COCO, report) and, if asked,
-        into the templates."""
-        ws = self._ws(token)
-        status = self._status(ws, "predict")
-        if not file_name or not structure or status is None:
-            raise gr.Error("Open a specimen from the gallery first.")
-        try:
-            image = self._review_image(ws, file_name)
-            stored = stored_masks(run_folder(status), file_name)[0]
-            predicted = stored[self._structure(ws, structure)]
-            mask = corrected(predicted, value)
-        except SamPalError as exc:
-            raise _error(exc) from exc
-        try:
-            replace_mask(run_folder(status), file_name, structure, mask, image)
-        except SamPalError as exc:
-            raise _error(exc) from exc
-        note = f"{file_name}: {structure} corrected ({int(mask.sum())} px)."
-        if to_templates:
-            (added,) = ws.add_template_images([str(ws.specimen_path(file_name))])
-            for name in ws.structures:
-                ws.set_mask(added, name, mask if name == structure else stored[name])
-            note += " Added to the templates for the next round."
-        return note, *self._correction_editor(ws, status, file_name, structure, image)
 
     # --- export -----------------------------------------------------------------------------
 
