@@ -81,7 +81,7 @@ class FineTuneHandlers:
 
     def _review_state(self, results: Path) -> tuple[list[str], list[str]]:
         """Corrected files and the review order of a run, read again only when its report
-        changed (every open page asks once a second)."""
+        changed (the page asks on every tick of its timer)."""
         path = results / REPORT_NAME
         modified = path.stat().st_mtime_ns
         cached = self._reviews.get(str(path))

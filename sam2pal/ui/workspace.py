@@ -273,8 +273,9 @@ def extract_zip(archive: Path, target: Path, limits: Limits) -> list[Path]:
 class Workspaces:
     """Token -> workspace, with old sessions' folders removed after `max_age` seconds idle.
 
-    Every open page asks for its workspace once a second, so the folders are swept for old
-    sessions at most every `sweep_interval` seconds, not on each request.
+    Every request asks for its workspace (a page whose job runs, once a second), so the folders
+    are swept for old sessions at most every `sweep_interval` seconds, not on each request. A page
+    left open with nothing running and nothing clicked for `max_age` loses its session.
     """
 
     def __init__(self, root: Path | None = None, max_age: float = 24 * 3600, sweep_interval: float = 60.0):
