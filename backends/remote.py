@@ -18,6 +18,7 @@ from typing import Iterator
 from backends.base import Backend
 from sam2pal.errors import SamPalError
 from sam2pal.io.images import IMAGE_EXTENSIONS
+from sam2pal.io.run_report import run_files
 from sam2pal.jobs import SUBMITTABLE_FIELDS, JobSpec, JobStatus
 
 
@@ -97,8 +98,7 @@ class RemoteBackend(Backend):
             out = workdir / "out"
             with zipfile.ZipFile(files["results_zip"]) as bundle:
                 bundle.extractall(out)  # zipfile drops absolute paths and ".." parts
-            files.update(predictions=str(out / "predictions.json"), report=str(out / "report.json"),
-                         overlays=str(out / "overlays"), masks=str(out / "masks"))
+            files.update({name: path for name, path in run_files(out).items() if name != "results_zip"})
         if "adapter_zip" in files:
             adapter = workdir / "adapter"
             with zipfile.ZipFile(files["adapter_zip"]) as bundle:

@@ -170,7 +170,7 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     from sam2pal import api
     from sam2pal.engine.trainer import TrainConfig
     from sam2pal.io.records import OutputOptions
-    from sam2pal.io.run_report import RunReport
+    from sam2pal.io.run_report import run_files
     from sam2pal.model.build import describe
 
     workdir = Path(spec.workdir)
@@ -205,14 +205,7 @@ def run_job(spec: JobSpec, emit: Emit, should_stop: Callable[[], bool]) -> dict[
     report = api.predict(model, templates, spec.images, out, spec.adapter, spec.batch_size, progress=predicted,
                          options=OutputOptions(zip=True), orientation=spec.orientation, library=spec.library)
     emit({"type": "message", "message": f"{report['n_ok']} segmented, {report['n_failed']} failed"})
-    run = RunReport(out, report)
-    return {
-        "predictions": str(run.predictions),
-        "report": str(run.path),
-        "overlays": str(out / "overlays"),
-        "masks": str(out / "masks"),
-        "results_zip": str(run.zip),
-    }
+    return run_files(out)
 
 
 class PointsRunner:

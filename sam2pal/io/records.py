@@ -17,7 +17,7 @@ from sam2pal.io import bilevel_png
 from sam2pal.io.boxmask import BoxMask
 from sam2pal.io.files import BackgroundWrites, atomic_save_image, atomic_write_bytes, atomic_write_json, safe_file_names
 from sam2pal.io.overlays import overlay
-from sam2pal.io.run_report import RECORDS_DIR, review_fields
+from sam2pal.io.run_report import MASKS_DIR, OVERLAYS_DIR, RECORDS_DIR, review_fields
 
 
 @dataclass
@@ -72,8 +72,8 @@ class RecordWriter:
         self._records_dir = self.out_dir / RECORDS_DIR
         self._writes = BackgroundWrites()
         if self.options.masks == "png":
-            (self.out_dir / "masks").mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "overlays").mkdir(parents=True, exist_ok=True)
+            (self.out_dir / MASKS_DIR).mkdir(parents=True, exist_ok=True)
+        (self.out_dir / OVERLAYS_DIR).mkdir(parents=True, exist_ok=True)
 
     def write(
         self,
@@ -108,8 +108,9 @@ class RecordWriter:
         if quality is not None and len(quality) != len(self.structures):
             raise ValueError(f"{len(quality)} quality checks for {len(self.structures)} structures")
 
-        mask_files = [f"masks/{stem}__{file_name}.png" for file_name in self._file_names] if self.options.masks == "png" else []
-        overlay_file = f"overlays/{stem}.jpg"
+        mask_files = ([f"{MASKS_DIR}/{stem}__{file_name}.png" for file_name in self._file_names]
+                      if self.options.masks == "png" else [])
+        overlay_file = f"{OVERLAYS_DIR}/{stem}.jpg"
 
         per_structure: dict[str, dict] = {}
         annotations: list[dict] = []

@@ -18,6 +18,16 @@ RECORDS_DIR = ".records"
 PREDICTIONS_NAME = "predictions.json"
 REPORT_NAME = "report.json"
 ZIP_NAME = "results.zip"
+MASKS_DIR = "masks"
+OVERLAYS_DIR = "overlays"
+
+
+def run_files(folder: str | Path) -> dict[str, str]:
+    """What a finished predict job hands out (name -> path), for a run written into `folder`."""
+    folder = Path(folder)
+    return {"predictions": str(folder / PREDICTIONS_NAME), "report": str(folder / REPORT_NAME),
+            "overlays": str(folder / OVERLAYS_DIR), "masks": str(folder / MASKS_DIR),
+            "results_zip": str(folder / ZIP_NAME)}
 
 
 def entry_files(entry: dict) -> list[str]:
