@@ -30,6 +30,7 @@ from sam2pal.engine.frames import Encoder, resize_masks
 from sam2pal.engine.palindrome import AugmentConfig, augment, palindrome_step, training_mode
 from sam2pal.engine.supervised import supervised_step
 from sam2pal.engine.train_features import TrainingFeatures
+from sam2pal.engine.train_state import load_state, save_state
 from sam2pal.engine.train_config import DEFAULT_LR, TrainConfig
 from sam2pal.engine.validation import VALIDATION_NAME, Split, score_held_out, write_validation
 from sam2pal.errors import SamPalError
@@ -39,7 +40,6 @@ from sam2pal.model.adapters import (AdapterConfig, check_base, load_weights, pre
 from sam2pal.model.build import LoadedModel, describe
 
 LOG_NAME = "train_log.jsonl"
-STATE_NAME = "trainer_state.pt"
 # tensors one structure saves for backward in a palindrome step at 1024 px (measured, LoRA,
 # SAM2.1-tiny); it scales with the number of image tokens, (S/16)²
 ACTIVATIONS_PER_STRUCTURE_1024 = 1.34e9
@@ -197,17 +197,7 @@ class Trainer:
 
     def _restore(self, resume: Path) -> None:
         """Continue where `resume` stopped: last weights (not the best), optimizer, schedule, RNG."""
-        state_path = resume / STATE_NAME
-        if not state_path.is_file():
-            raise SamPalError(f"--resume {resume} has no {STATE_NAME}; only folders written by `sam2pal train` resume")
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        trainable = [name for name, p in self.loaded.sam.named_parameters() if p.requires_grad]
-        missing = [name for name in trainable if name not in state["weights"]]
-        result = self.loaded.sam.load_state_dict(state["weights"], strict=False)
-        if result.unexpected_keys or missing:
-            example = (result.unexpected_keys + missing)[0]
-            raise SamPalError(f"{state_path} does not fit this model ({len(result.unexpected_keys)} unexpected, "
-                              f"{len(missing)} missing trainable tensors, e.g. {example}); start a new adapter")
+        state = load_state(resume, self.loaded.sam)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -285,19 +275,8 @@ class Trainer:
             handle.write(json.dumps(entry) + "\n")
 
     def _save_state(self) -> None:
-        state = {
-            "weights": {n: p.detach().cpu() for n, p in self.loaded.sam.named_parameters() if p.requires_grad},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "scaler": self.scaler.state_dict(),
-        }
-        tmp = self.out_dir / (STATE_NAME + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.out_dir / STATE_NAME)
+        save_state(self.out_dir, self.loaded.sam, self.optimizer, self.scheduler, self.scaler,
+                   {"epoch": self.epoch, "step": self.step, "best_score": self.best_score, "best_epoch": self.best_epoch})
 
     # --- training ----------------------------------------------------------------------------
 
