@@ -157,6 +157,14 @@ def test_zip_upload_is_flattened_and_capped(tmp_path):
     written = extract_zip(archive, target, Limits())
     assert sorted(p.name for p in written) == ["evil.png", "ok.png"]
     assert all(p.parent == target for p in written)
+    with zipfile.ZipFile(tmp_path / "b.zip", "w") as bundle:  # drawers of a collection, each with IMG_1
+        bundle.writestr("drawer1/IMG_1.png", buffer.getvalue())
+        bundle.writestr("drawer2/IMG_1.png", buffer.getvalue())
+        bundle.writestr("spécimen 2.png", buffer.getvalue())
+    (target / "b").mkdir()
+    written = extract_zip(tmp_path / "b.zip", target / "b", Limits())
+    assert [p.name for p in written][:2] == ["IMG_1.png", "drawer2_IMG_1.png"]  # neither overwrites the other
+    assert written[2].name.isascii() and " " not in written[2].name and len(set(written)) == 3
     with pytest.raises(SamPalError, match="limit is 1"):
         extract_zip(archive, target, Limits(max_zip_files=1))
     with pytest.raises(SamPalError, match="unpacks to"):

@@ -244,7 +244,7 @@ class Workspace:
 
 def extract_zip(archive: Path, target: Path, limits: Limits) -> list[Path]:
     """Images from a zip, flattened into `target`: no path traversal (names are reduced to their
-    base name), no zip bomb (total uncompressed size and file count are capped before reading)."""
+    base name, made safe as an upload's are; a repeated name gets its folder in front), no zip bomb (total uncompressed size and file count are capped before reading)."""
     try:
         with zipfile.ZipFile(archive) as bundle:
             members = [m for m in bundle.infolist() if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_EXTENSIONS
@@ -257,7 +257,10 @@ def extract_zip(archive: Path, target: Path, limits: Limits) -> list[Path]:
                                   f"{limits.max_zip_bytes / 1e9:.1f} GB — upload fewer images at a time")
             written, budget = [], limits.max_zip_bytes
             for member in members:
-                out = target / Path(member.filename.replace("\\", "/")).name
+                inside = member.filename.replace("\\", "/")
+                out = target / Workspace.stored_name(inside)
+                if out in written:  # a/x.jpg and b/x.jpg: the folder joins the second one's name
+                    out = target / Workspace.stored_name(inside.strip("/").replace("/", "_"))
                 with bundle.open(member) as source, open(out, "wb") as sink:
                     while block := source.read(1 << 20):
                         budget -= len(block)  # headers can lie about sizes: count what is read
