@@ -12,6 +12,7 @@ _PATH = Path(__file__).resolve().parent.parent / "bench" / "compare_sam2pal.py"
 _spec = importlib.util.spec_from_file_location("compare_sam2pal", _PATH)
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
+import compare_report as report  # noqa: E402  (bench/ is on sys.path once the script is loaded)
 
 
 def test_defaults_and_flags():
@@ -51,7 +52,7 @@ Images processed: 2/2
 
 
 def test_parse_script_log_counts_loop_time_without_checkpoint_saving():
-    parsed = bench.parse_script_log(_LOG)
+    parsed = report.parse_script_log(_LOG)
     assert parsed["train_loop_s"] == pytest.approx(40.5 + 40.0)
     assert (parsed["steps"], parsed["epochs"], parsed["template_masks"], parsed["images_ok"]) == (3, 2, 3, 2)
     assert parsed["failed_steps"] == ["Error on specimen_0001.jpg: boom"]
@@ -60,28 +61,28 @@ def test_parse_script_log_counts_loop_time_without_checkpoint_saving():
 def test_summarize_divides_by_steps_structures_and_images():
     run = {"rc": 0, "wall_s": 100.0, "peak_rss_kb": 2 * 1024**2}
     timings = {"model_load": [3.0], "train_phase": [30.0], "inference_phase": [8.0], "train_phase_vmhwm_kb": 1024**2}
-    row = bench.summarize(run, timings, {"train_loop_s": 24.0, "steps": 2, "images_ok": 2}, structures_per_step=3)
+    row = report.summarize(run, timings, {"train_loop_s": 24.0, "steps": 2, "images_ok": 2}, structures_per_step=3)
     assert row["train_s_per_step"] == 12.0 and row["train_s_per_step_structure"] == 4.0
     assert row["infer_s_per_specimen"] == 4.0 and row["model_load_s"] == 3.0 and row["ok"]
-    failed = bench.summarize({**run, "rc": 1}, {}, {"train_loop_s": None, "steps": 0, "images_ok": None}, 1)
+    failed = report.summarize({**run, "rc": 1}, {}, {"train_loop_s": None, "steps": 0, "images_ok": None}, 1)
     assert not failed["ok"] and failed["train_s_per_step_structure"] is None and failed["infer_s_per_specimen"] is None
 
 
 def test_table_has_ratios_script_over_sam2pal_and_dashes_for_missing():
     a = {"train_s_per_step_structure": 2.0, "infer_s_per_specimen": 1.0, "peak_rss_kb": 1024**2, "structures_per_step": 3}
     b = {"train_s_per_step_structure": 20.0, "infer_s_per_specimen": 25.0, "peak_rss_kb": 4 * 1024**2, "structures_per_step": 1}
-    table = bench.format_table(a, b)
+    table = report.format_table(a, b)
     lines = {line.split("  ")[0].strip(): line.split() for line in table.splitlines() if "  " in line}
     assert lines["training s / step / structure"][-3:] == ["2.00", "20.00", "10.00x"]
     assert lines["inference s / specimen"][-3:] == ["1.00", "25.00", "25.00x"]
     assert lines["peak RSS GiB (whole run)"][-3:] == ["1.00", "4.00", "4.00x"]
     assert lines["structures trained per step"][-2:] == ["3", "1"]
     c = {"train_s_per_step_structure": 4.0, "infer_s_per_specimen": 1.0, "peak_rss_kb": 2 * 1024**2}
-    three = bench.format_table(a, b, c)
+    three = report.format_table(a, b, c)
     lines = {line.split("  ")[0].strip(): line.split() for line in three.splitlines() if "  " in line}
     assert lines["training s / step / structure"][-5:] == ["2.00", "4.00", "20.00", "10.00x", "5.00x"]
     assert lines["peak RSS GiB (whole run)"][-5:] == ["1.00", "2.00", "4.00", "4.00x", "2.00x"]
     assert "script/low-memory" in three.splitlines()[0]
-    only = bench.format_table(a, None)
+    only = report.format_table(a, None)
     assert only.splitlines()[2].split()[-3:] == ["2.00", "-", "-"]
-    assert bench.ratio(1.0, 0.0) is None and bench.ratio(None, 1.0) is None
+    assert report.ratio(1.0, 0.0) is None and report.ratio(None, 1.0) is None
