@@ -92,7 +92,8 @@ class RemoteBackend(Backend):
         files: dict[str, str] = {}
         for name in names:
             if name in ("results_zip", "adapter_zip", "predictions", "report"):
-                downloaded = Path(self._client.predict(remote_id, name, api_name="/job_file"))
+                with _refusals():
+                    downloaded = Path(self._client.predict(remote_id, name, api_name="/job_file"))
                 files[name] = str(shutil.move(downloaded, workdir / downloaded.name))
         if "results_zip" in files:
             out = workdir / "out"
@@ -109,7 +110,8 @@ class RemoteBackend(Backend):
         return files
 
     def cancel(self, job_id: str) -> None:
-        self._client.predict(self._remote_ids[job_id], api_name="/cancel_job")
+        with _refusals():
+            self._client.predict(self._remote_ids[job_id], api_name="/cancel_job")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ speed does not depend on the weights). A row that fails says why and the table g
 printed as they are measured, so a time limit keeps what was done. Also runs on a CPU
 (`--device cpu`) to check the script itself.
 
-    python bench/gpu_check.py --device cuda --image-size 1024 --tests-junit /tmp/engine.xml
+    python bench/gpu_check.py --device cuda --image-size 1024 --tests-junit /tmp/engine.xml /tmp/training.xml
 """
 
 from __future__ import annotations
@@ -56,11 +56,12 @@ def _row(part: str, model: str, result: str, target: str = "", passed: bool | No
     print(f"| {part} | {model} | {result} | {target} | {verdict} |", flush=True)
 
 
-def engine_tests_row(junit: Path) -> None:
-    """One row from pytest's JUnit XML: counts, and the first failing tests by name."""
+def tests_row(junit: Path) -> None:
+    """One row from pytest's JUnit XML (named after it: engine.xml is 'engine tests'): counts,
+    and the first failing tests by name."""
+    part = f"{junit.stem} tests on CUDA"
     if not junit.is_file() or junit.stat().st_size == 0:
-        _row("engine tests on CUDA", "random:tiny", "no result: the tests did not finish within their time limit",
-             "none failed", False)
+        _row(part, "random:tiny", "no result: the tests did not finish within their time limit", "none failed", False)
         return
     suite = ElementTree.parse(junit).getroot()
     suite = suite.find("testsuite") if suite.tag == "testsuites" else suite
@@ -68,7 +69,7 @@ def engine_tests_row(junit: Path) -> None:
               if case.find("failure") is not None or case.find("error") is not None]
     total, skipped = int(suite.get("tests", 0)), int(suite.get("skipped", 0))
     result = f"{total - len(failed) - skipped} passed, {len(failed)} failed, {skipped} skipped"
-    _row("engine tests on CUDA", "random:tiny", result + (f" ({', '.join(failed[:3])})" if failed else ""),
+    _row(part, "random:tiny", result + (f" ({', '.join(failed[:3])})" if failed else ""),
          "none failed", total > skipped and not failed)
 
 
@@ -121,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=["random:tiny", "random:large"])
-    parser.add_argument("--tests-junit", type=Path, help="pytest --junitxml file of the engine tests on this device")
+    parser.add_argument("--tests-junit", type=Path, nargs="*", default=[],
+                        help="pytest --junitxml files of tests run on this device (a row each)")
     parser.add_argument("--no-bench", action="store_true", help="leave out the sam2pal bench rows (quicker)")
     args = parser.parse_args(argv)
     print("| part | model | result | target | verdict |\n|---|---|---|---|---|", flush=True)
-    if args.tests_junit is not None:
-        _guarded("engine tests on CUDA", "random:tiny", engine_tests_row, args.tests_junit)
+    for junit in args.tests_junit:
+        _guarded(f"{junit.stem} tests on CUDA", "random:tiny", tests_row, junit)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_collection(folder, templates=1, specimens=args.batch, structures=3, size=(1600, 1200))

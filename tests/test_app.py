@@ -18,7 +18,7 @@ from pycocotools.coco import COCO
 
 from backends.local import LocalBackend
 from sam2pal.errors import SamPalError
-from sam2pal.ui.handlers import AppConfig, SamPalApp
+from sam2pal.ui.handlers import BUSY_TICK_SECONDS, IDLE_TICK_SECONDS, AppConfig, SamPalApp
 from sam2pal.io.overlays import structure_color
 from sam2pal.ui.editing import EDITOR_MAX_SIDE, editor_image, layer_masks, tinted
 from sam2pal.ui.workspace import Limits, Workspaces, extract_zip
@@ -165,6 +165,12 @@ def test_zip_upload_is_flattened_and_capped(tmp_path):
     written = extract_zip(tmp_path / "b.zip", target / "b", Limits())
     assert [p.name for p in written][:2] == ["IMG_1.png", "drawer2_IMG_1.png"]  # neither overwrites the other
     assert written[2].name.isascii() and " " not in written[2].name and len(set(written)) == 3
+    with zipfile.ZipFile(tmp_path / "c.zip", "w") as bundle:  # every name the fallbacks could collide on
+        for name in ("b_x.png", "a/x.png", "b/x.png", "a b.png", "a_b.png"):
+            bundle.writestr(name, buffer.getvalue())
+    (target / "c").mkdir()
+    written = extract_zip(tmp_path / "c.zip", target / "c", Limits())
+    assert len(set(written)) == 5 and len(list((target / "c").iterdir())) == 5
     with pytest.raises(SamPalError, match="limit is 1"):
         extract_zip(archive, target, Limits(max_zip_files=1))
     with pytest.raises(SamPalError, match="unpacks to"):
@@ -213,7 +219,7 @@ def test_a_click_maps_from_the_click_image_to_the_photo_and_a_replaced_photo_is_
     assert (np.asarray(Image.open(mask_path)) > 0).shape == (600, 800)
 
 
-def test_the_page_polls_only_while_a_job_of_its_session_runs(tmp_path, collection):
+def test_the_page_polls_every_second_only_while_a_job_of_its_session_runs(tmp_path, collection):
     from sam2pal.jobs import JobStatus
 
     class Held:
@@ -233,13 +239,29 @@ def test_the_page_polls_only_while_a_job_of_its_session_runs(tmp_path, collectio
     ui = SamPalApp(CONFIG, held, Workspaces(tmp_path))
     token, ws = _session_with(ui, collection)
     other, _ = _session_with(ui, collection)
-    assert ui.live_view(token)[-1].active is False  # nothing started: the page's timer stops
+    assert ui.live_view(token)[-1].value == IDLE_TICK_SECONDS  # nothing started: the page's timer slows down
     ui.start_prediction("none", "none", str(IMAGE_SIZE), "random:tiny", token)
     view = ui.live_view(token)
-    assert view[-1].active is True and view[5].startswith("running")
-    assert ui.live_view(other)[-1].active is False  # another session's job is not this page's
+    assert view[-1].value == BUSY_TICK_SECONDS < IDLE_TICK_SECONDS and view[5].startswith("running")
+    assert ui.live_view(other)[-1].value == IDLE_TICK_SECONDS  # another session's job is not this page's
     held.states[ws.job("predict")] = "cancelled"
-    assert ui.live_view(token)[-1].active is False and ui.live_view(token)[5].startswith("cancelled")
+    assert ui.live_view(token)[-1].value == IDLE_TICK_SECONDS and ui.live_view(token)[5].startswith("cancelled")
+
+
+def test_loading_the_page_starting_cancelling_and_correcting_wake_the_timer(tmp_path):
+    from sam2pal.ui.app import build_app
+
+    class Quiet:
+        def describe(self):
+            return "none"
+
+    config = build_app(CONFIG, Quiet(), Workspaces(tmp_path)).config
+    timer = next(c["id"] for c in config["components"] if c["type"] == "timer")
+    by_id = {d["id"]: d for d in config["dependencies"]}
+    woken = [by_id[d["trigger_after"]]["api_name"] for d in config["dependencies"]
+             if timer in d["outputs"] and d["trigger_after"] is not None]
+    assert {"attach", "start_training", "start_prediction", "apply_correction"} <= set(woken) and len(woken) == 6
+    assert all(d["api_visibility"] == "private" for d in config["dependencies"] if timer in d["outputs"])
 
 
 def test_importing_a_coco_file_shows_the_categories_it_skipped(tmp_path, collection):

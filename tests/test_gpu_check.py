@@ -24,11 +24,11 @@ def test_the_test_row_counts_passes_failures_and_names_the_failed(gpu_check, tmp
     junit.write_text('<testsuites><testsuite tests="3" skipped="0" failures="1">'
                      '<testcase name="test_a"/><testcase name="test_b"><failure message="x"/></testcase>'
                      '<testcase name="test_c"/></testsuite></testsuites>')
-    gpu_check.engine_tests_row(junit)
+    gpu_check.tests_row(junit)
     assert capsys.readouterr().out.strip() == \
         "| engine tests on CUDA | random:tiny | 2 passed, 1 failed, 0 skipped (test_b) | none failed | FAIL |"
     junit.write_text("")  # pytest killed by the time limit before writing
-    gpu_check.engine_tests_row(junit)
+    gpu_check.tests_row(junit)
     assert "did not finish" in capsys.readouterr().out
 
 

@@ -54,16 +54,18 @@ class PointPrompter:
         labels = torch.tensor([[label for _, _, label in points]], dtype=torch.int32)
         with _threads(self.decoder_threads), self.loaded.autocast():
             output = prompt(self.loaded.sam, flat, coords.to(self.loaded.device), labels.to(self.loaded.device))
-            return full_resolution(output.best_low_res, height, width)[0]
+        return full_resolution(output.best_low_res, height, width)[0]
 
 
 @contextmanager
 def _threads(count: int | None) -> Iterator[None]:
     """torch's CPU threads set to `count` for a while (process-wide, so only for a process
     that does nothing else meanwhile, like the click process)."""
+    if count is None:
+        yield
+        return
     before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
+    torch.set_num_threads(count)
     try:
         yield
     finally:

@@ -9,7 +9,7 @@ import gradio as gr
 
 from backends.base import Backend
 from sam2pal.ui.api import register_api
-from sam2pal.ui.handlers import LIBRARY_CHOICE, AppConfig, SamPalApp, model_note
+from sam2pal.ui.handlers import BUSY_TICK_SECONDS, LIBRARY_CHOICE, AppConfig, SamPalApp, model_note
 from sam2pal.ui.workspace import Workspaces
 
 CSS = "#editor canvas {cursor: crosshair}"
@@ -130,11 +130,11 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
             export = gr.Button("Prepare downloads", variant="primary", elem_id="export")
             coco_out = gr.File(label="predictions.json (COCO, checked with pycocotools)", elem_id="coco-out")
             zip_out = gr.File(label="Everything (masks, overlays, report, COCO)")
-        timer = gr.Timer(1.0, active=False)  # ticks only while a job runs (see live_view)
-        watch = (lambda: gr.Timer(active=True), None, [timer])
+        timer = gr.Timer(BUSY_TICK_SECONDS, active=False)  # once a second while a job runs (see live_view)
+        watch = {"fn": lambda: gr.Timer(BUSY_TICK_SECONDS, active=True), "outputs": [timer], "api_visibility": "private"}
 
         app.load(ui.attach, inputs=[token], outputs=[token, structures, template_choice, editor, specimen_note, template_note],
-                 api_visibility="private").then(*watch)
+                 api_visibility="private").then(**watch)
         template_files.upload(ui.upload_templates, [template_files, token], [template_choice], api_visibility="private")
         apply.click(ui.apply_structures, [structures, token], [editor, structure_choice], api_visibility="private").then(
             ui.show_template, [template_choice, token], [editor, review, template_preview], api_visibility="private")
@@ -161,12 +161,12 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
             files.upload(ui.upload_specimens, [files, token], [note], api_visibility="private")
         clear_specimens.click(ui.clear_specimens, [token], [specimen_note], api_visibility="private")
         start_train.click(ui.start_training, [epochs, mode, lr, train_size, train_model, use_corrections, from_previous,
-                                              token], [train_status], api_visibility="private").success(*watch)
-        cancel_train.click(lambda t: ui.cancel("train", t), [token], [train_status], api_visibility="private").then(*watch)
+                                              token], [train_status], api_visibility="private").success(**watch)
+        cancel_train.click(lambda t: ui.cancel("train", t), [token], [train_status], api_visibility="private").then(**watch)
         adapter_upload.upload(ui.upload_adapter, [adapter_upload, token], [adapter_note], api_visibility="private")
         start_predict.click(ui.start_prediction, [adapter_choice, orientation, predict_size, predict_model, token], [predict_status],
-                            api_visibility="private").success(*watch)
-        cancel_predict.click(lambda t: ui.cancel("predict", t), [token], [predict_status], api_visibility="private").then(*watch)
+                            api_visibility="private").success(**watch)
+        cancel_predict.click(lambda t: ui.cancel("predict", t), [token], [predict_status], api_visibility="private").then(**watch)
         timer.tick(ui.live_view, [token], [train_status, loss_plot, validation, adapter_file, corrections, predict_status,
                                           gallery, timer], api_visibility="private", show_progress="hidden")
         gallery.select(ui.open_correction, [token, correction_structure],
@@ -175,7 +175,7 @@ def build_app(config: AppConfig, backend: Backend | None = None, workspaces: Wor
                                    [correction_editor, correction_structure], api_visibility="private")
         apply_correction.click(ui.apply_correction,
                                [correction_editor, corrected_file, correction_structure, add_to_templates, token],
-                               [correction_note, correction_editor, correction_structure], api_visibility="private").success(*watch)
+                               [correction_note, correction_editor, correction_structure], api_visibility="private").success(**watch)
         export.click(ui.export, [token], [coco_out, zip_out], api_visibility="private")
         register_api(ui)
     return app

@@ -52,6 +52,7 @@ class AppConfig:
 
 
 LIBRARY_CHOICE = "library (automatic)"
+BUSY_TICK_SECONDS, IDLE_TICK_SECONDS = 1.0, 15.0  # the page's refresh while a job runs, and otherwise
 
 
 def _hex(color: tuple[int, int, int]) -> str:
@@ -315,12 +316,14 @@ class SamPalApp(FineTuneHandlers, ReviewHandlers):
 
     def live_view(self, token: str):
         """What the page's timer refreshes: the fine-tune's and the segmentation's progress, the
-        corrections note, and whether to tick again. It ticks only while a job of this session
-        runs, so an idle page costs the server and the browser nothing (a click answers sooner)."""
+        corrections note, and when to tick again: every second while a job of this session runs,
+        else every IDLE_TICK_SECONDS (a job started in another tab still shows, and the session
+        stays alive). An idle page ticking every second kept a small machine's browser and server
+        busy and slowed clicks from 0.35 to 1.1 s."""
         ws = self._ws(token)
         running = any(s is not None and not s.finished for s in (self._status(ws, "train"), self._status(ws, "predict")))
         return (*self.training_view(token), self.corrections_note(token), *self.prediction_view(token),
-                gr.Timer(active=running))
+                gr.Timer(BUSY_TICK_SECONDS if running else IDLE_TICK_SECONDS, active=True))
 
     # --- export -----------------------------------------------------------------------------
 

@@ -242,6 +242,19 @@ class Workspace:
         return self._state()["jobs"].get(kind)
 
 
+def _free_name(target: Path, inside: str, taken: list[Path]) -> Path:
+    """Where a zip member goes: its safe base name; one already taken (a/x.jpg, then b/x.jpg)
+    gets its folder in front, then a number, so no image of the zip overwrites another."""
+    out = target / Workspace.stored_name(inside)
+    if out in taken:
+        out = target / Workspace.stored_name(inside.strip("/").replace("/", "_"))
+    number = 2
+    while out in taken:
+        out = out.with_name(f"{Path(Workspace.stored_name(inside)).stem}-{number}{out.suffix}")
+        number += 1
+    return out
+
+
 def extract_zip(archive: Path, target: Path, limits: Limits) -> list[Path]:
     """Images from a zip, flattened into `target`: no path traversal (names are reduced to their
     base name, made safe as an upload's are; a repeated name gets its folder in front), no zip bomb (total uncompressed size and file count are capped before reading)."""
@@ -257,10 +270,7 @@ def extract_zip(archive: Path, target: Path, limits: Limits) -> list[Path]:
                                   f"{limits.max_zip_bytes / 1e9:.1f} GB — upload fewer images at a time")
             written, budget = [], limits.max_zip_bytes
             for member in members:
-                inside = member.filename.replace("\\", "/")
-                out = target / Workspace.stored_name(inside)
-                if out in written:  # a/x.jpg and b/x.jpg: the folder joins the second one's name
-                    out = target / Workspace.stored_name(inside.strip("/").replace("/", "_"))
+                out = _free_name(target, member.filename.replace("\\", "/"), written)
                 with bundle.open(member) as source, open(out, "wb") as sink:
                     while block := source.read(1 << 20):
                         budget -= len(block)  # headers can lie about sizes: count what is read
