@@ -21,10 +21,10 @@ from PIL import Image
 
 from sam2pal.bench import _in_fresh_process, _peak_rss_mb, _sync
 from sam2pal.engine.frames import preprocess
-from sam2pal.engine.propagate import Propagator, segment_groups
+from sam2pal.engine.propagate import Decoding, Propagator, load_specimen, segment_groups
 from sam2pal.engine.qc import QCConfig, assess, round_trip_iou
 from sam2pal.engine.upsample import box_masks
-from sam2pal.io.images import list_images, load_photo
+from sam2pal.io.images import list_images
 from sam2pal.io.outputs import check_coco_file
 from sam2pal.io.records import OutputOptions, mask_annotation, mask_png
 from sam2pal.io.overlays import overlay
@@ -75,7 +75,8 @@ def _stage_run(model_name: str, image_size: int | None, device: str, folder: str
             times[stage] = now - clock
             clock = now
 
-        photo = load_photo(path, model.image_size, OutputOptions().overlay_size)
+        loaded = load_specimen(path, Decoding(model.image_size, OutputOptions().overlay_size))
+        photo = loaded.photo
         lap("decode")
         pixels = preprocess(photo.image, model.image_size)[None]
         lap("resize")
@@ -95,7 +96,10 @@ def _stage_run(model_name: str, image_size: int | None, device: str, folder: str
         for box in boxes:
             mask_png(box)
         lap("png")
-        overlay(image=photo.image, masks=boxes, names=template_set.structures,
+        background = loaded.review() if loaded.review is not None else photo.image  # the writer's second read
+        lap("review")
+        times["decode"] += times.pop("review")
+        overlay(image=background, masks=boxes, names=template_set.structures,
                 long_side=OutputOptions().overlay_size).save(io.BytesIO(), format="JPEG", quality=90)
         lap("overlay")
         if index:
@@ -172,9 +176,9 @@ def _print(model: str, image_size: int | None, specimens: int, batches: list[int
                  f"{r['peak_rss_mb']:.0f}", f"{e2e['peak_rss_mb']:.0f}",
                  *[f"{r['by_batch'][b]:.0f}" for b in batches[1:]]]
         print(" | ".join(cells))
-    print("stages: one specimen at a time (decode: JPEG at its DCT scale; resize: to the model's input; model: "
-          "encoder + memory attention + decoder; qc: the round trip; upsample: full-size masks inside each box; "
-          "rle: COCO annotation; png: 1-bit mask files; overlay: at 2048 px, JPEG-encoded; coco_check: "
+    print("stages: one specimen at a time (decode: JPEG at its DCT scale, at the model's scale and, above 2048 px, "
+          "again at the review size for the overlay; resize: to the model's input; model: encoder + memory "
+          "attention + decoder; qc: the round trip; upsample: full-size masks inside each box; rle: COCO annotation; png: 1-bit mask files; overlay: at 2048 px, JPEG-encoded; coco_check: "
           "pycocotools reload). outside model: every stage but model and qc. predict: the whole "
           "`sam2pal predict --no-qc` run per specimen, decode and writes overlapping the model.")
     sys.stdout.flush()

@@ -382,12 +382,12 @@ def test_memory_flags_reach_the_training_config(tmp_path):
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
 def test_big_photos_give_full_size_masks_review_size_overlays_and_the_same_coco_without_pngs(tmp_path):
-    """A 3.8 MP photo: decoded at review size, masks at full size exactly as F.interpolate makes
-    them from the model's logits, 1-bit PNGs equal to the COCO masks, overlays at --overlay-size."""
+    """A 3.8 MP photo: decoded for the model at its scale (and again at review size for the
+    overlay), masks at full size exactly as F.interpolate makes them from the model's logits,
+    1-bit PNGs equal to the COCO masks, overlays at --overlay-size."""
     import torch.nn.functional as F
 
-    from sam2pal.engine.propagate import Propagator
-    from sam2pal.io.images import load_photo
+    from sam2pal.engine.propagate import Decoding, Propagator, load_specimen
     from sam2pal.io.templates import load_coco_templates
     from sam2pal.model.build import load_model
     from sam2pal.synthetic.domains import write_collection
@@ -408,7 +408,8 @@ def test_big_photos_give_full_size_masks_review_size_overlays_and_the_same_coco_
         assert jpeg.size == (512, 341)
     model = load_model("synthetic:256", device="cpu")
     propagator = Propagator(model, load_coco_templates(files.templates), qc=None)
-    photo = load_photo(photos / "specimen_0000.jpg", model.image_size, 512)
+    photo = load_specimen(photos / "specimen_0000.jpg", Decoding(model.image_size, 512)).photo  # as predict decodes
+    assert min(photo.image.shape[:2]) == model.image_size
     logits = propagator.logits([photo.image]).low_res_logits
     expected = (F.interpolate(logits.float(), size=(1600, 2400), mode="bilinear", align_corners=False)[:, 0] > 0).numpy()
     assert expected.any()

@@ -601,3 +601,30 @@ def test_a_correction_names_what_it_cannot_find(tmp_path: Path) -> None:
         replace_mask(tmp_path, "a.jpg", "eye", mask, IMAGE)
     del before[".records/a.json"]
     assert contents() == before  # checked before the first write: nothing half-updated
+
+
+def test_a_large_photo_waits_for_the_model_at_its_scale_and_the_overlay_comes_from_a_second_read(tmp_path: Path) -> None:
+    from sam2pal.engine.propagate import Decoding, load_specimen
+
+    photo = tmp_path / "big.jpg"
+    Image.new("RGB", (1200, 800), (200, 60, 60)).save(photo, quality=95)
+    small = tmp_path / "small.jpg"
+    Image.new("RGB", (600, 400), (200, 60, 60)).save(small, quality=95)
+    decoding = Decoding(min_side=100, review_side=600)
+    loaded = load_specimen(photo, decoding)
+    assert loaded.photo.image.shape == (100, 150, 3) and loaded.photo.size == (1200, 800)  # what the model needs
+    assert loaded.review().shape == (400, 600, 3)  # the overlay's copy, decoded when the writer asks
+    once = load_specimen(small, decoding)
+    assert once.review is None and once.photo.image.shape == (400, 600, 3)  # no larger than the review size: decoded once
+
+    masks = np.zeros((1, 800, 1200), dtype=bool)
+    masks[0, 100:300, 100:500] = True
+    writer = PredictionWriter(tmp_path / "out", ["eye"], {}, options=OutputOptions(overlay_size=600))
+    writer.add(photo, loaded.photo.image, masks, review=loaded.review)
+    gone = load_specimen(photo, decoding)
+    photo.unlink()  # removed during the run: its masks are still written, its overlay from the model's view
+    writer.add(tmp_path / "gone.jpg", gone.photo.image, masks, review=gone.review)
+    writer.close()
+    with Image.open(tmp_path / "out" / "overlays" / "big.jpg") as first, Image.open(tmp_path / "out" / "overlays" / "gone.jpg") as second:
+        assert first.size == second.size == (600, 400)  # the second drawn from the model's view, enlarged
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["annotations"]) == 2

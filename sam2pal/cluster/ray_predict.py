@@ -88,7 +88,7 @@ class PredictWorker:
 
         def write(item: Loaded, prediction: Prediction, seconds: float) -> None:
             self.records.write(stems[str(item.path)], item.path, item.photo.image, prediction.boxes,
-                               prediction.scores, seconds, **record_fields(prediction))
+                               prediction.scores, seconds, **record_fields(prediction), review=item.review)
 
         predict_loaded(self.propagator, loaded, write)
         failed = {str(item.path): item.error for item in loaded if item.error is not None}

@@ -23,7 +23,7 @@ from sam2pal.engine.tracking import Memory, TrackOutput, condition_on_mask, repe
 from sam2pal.engine.upsample import box_masks
 from sam2pal.errors import SamPalError
 from sam2pal.io.boxmask import BoxMask
-from sam2pal.io.images import Photo, load_photo
+from sam2pal.io.images import Photo, image_header, load_photo, working_scale
 from sam2pal.io.templates import TemplateSet
 from sam2pal.model.build import LoadedModel
 
@@ -199,8 +199,9 @@ def _qc_score(structures: list[StructureQC]) -> float:
 @dataclass
 class Loaded:
     path: Path
-    photo: Photo | None
+    photo: Photo | None  # at the model's scale when `review` is set, else also the review copy
     error: str | None
+    review: Callable[[], np.ndarray] | None = None  # decodes the review-size copy, on the writer's thread
 
 
 @dataclass(frozen=True)
@@ -214,9 +215,20 @@ class Decoding:
 
 
 def load_specimen(path: Path, decoding: Decoding) -> Loaded:
-    """A specimen decoded for prediction, or the one-line reason it cannot be."""
+    """A specimen decoded for prediction, or the one-line reason it cannot be.
+
+    A photo larger than the review size (2048 px) is decoded here only at the model's scale (a
+    JPEG at its DCT scale), and its review copy, which only the overlay needs, is decoded again by the
+    writer. So the batches decoded ahead and waiting for the model hold small images, and peak
+    memory on 24 MP photos does not grow with the batch size."""
     try:
-        return Loaded(path, load_photo(path, decoding.min_side, decoding.review_side, decoding.max_pixels), None)
+        size = image_header(path).size
+        view, review = (working_scale(size, decoding.min_side, side) for side in (0, decoding.review_side))
+        if review >= 1.0 or review <= view:  # a photo no larger than the review size is decoded once, whole
+            return Loaded(path, load_photo(path, decoding.min_side, decoding.review_side, decoding.max_pixels), None)
+        photo = load_photo(path, decoding.min_side, 0, decoding.max_pixels)
+        return Loaded(path, photo, None,
+                      lambda: load_photo(path, decoding.min_side, decoding.review_side, decoding.max_pixels).image)
     except SamPalError as exc:
         return Loaded(path, None, str(exc))
 
@@ -276,7 +288,7 @@ def predict_collection(
 
     def write(item: Loaded, prediction: Prediction, seconds: float) -> None:
         writer.add(item.path, item.photo.image, prediction.boxes, prediction.scores, seconds, **record_fields(prediction),
-                   adapter=(adapters or {}).get(item.path.name))
+                   adapter=(adapters or {}).get(item.path.name), review=item.review)
 
     done = 0
     for batch in prefetched_batches(paths, batch_size, decoding):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -86,6 +87,7 @@ class RecordWriter:
         quality: list[dict] | None = None,
         orientation: str | None = None,
         adapter: dict | None = None,
+        review: Callable[[], np.ndarray] | None = None,
     ) -> dict:
         """Queue the image's files under `stem`; returns its record (written after the files).
 
@@ -94,7 +96,9 @@ class RecordWriter:
         structure (round_trip_iou, confidence, area_ratio, flags); it goes into the report and
         onto each COCO annotation as `qc_*` fields, so a reviewer (or another tool) can sort by it.
         `adapter`: which library adapter segmented the image and the selector's confidence; one
-        the selector did not trust (`name` None) flags the image "adapter uncertain".
+        the selector did not trust (`name` None) flags the image "adapter uncertain". `review`
+        decodes a larger copy for the overlay on the writer's thread (`image` is then the model's
+        small view, and the overlay's fallback if the photo cannot be read again).
         """
         boxes = [mask if isinstance(mask, BoxMask) else BoxMask.from_dense(mask) for mask in masks]
         if len(boxes) != len(self.structures):
@@ -148,7 +152,7 @@ class RecordWriter:
         def write() -> None:
             for box, name in zip(boxes, mask_files):
                 atomic_write_bytes(self.out_dir / name, mask_png(box))
-            picture = overlay(image, boxes, self.structures, self.options.overlay_size)
+            picture = overlay(_review_copy(review, image), boxes, self.structures, self.options.overlay_size)
             atomic_save_image(self.out_dir / overlay_file, picture, quality=90)
             atomic_write_json(self._records_dir / f"{stem}.json", record)  # last: the image is done
 
@@ -161,3 +165,15 @@ class RecordWriter:
 
     def close(self) -> None:
         self._writes.close()
+
+
+def _review_copy(review: Callable[[], np.ndarray] | None, view: np.ndarray) -> np.ndarray:
+    """The overlay's background: the review copy, or the model's view of a photo that could not
+    be read a second time (changed or removed during the run), so its masks are still written."""
+    if review is None:
+        return view
+    try:
+        copy = review()
+    except SamPalError:
+        return view
+    return copy if _same_proportions(view.shape[:2], copy.shape[:2]) else view
