@@ -178,7 +178,7 @@ def _print(model: str, image_size: int | None, specimens: int, batches: list[int
         print(" | ".join(cells))
     print("stages: one specimen at a time (decode: JPEG at its DCT scale, at the model's scale and, above 2048 px, "
           "again at the review size for the overlay; resize: to the model's input; model: encoder + memory "
-          "attention + decoder; qc: the round trip; upsample: full-size masks inside each box; rle: COCO annotation; png: 1-bit mask files; overlay: at 2048 px, JPEG-encoded; coco_check: "
-          "pycocotools reload). outside model: every stage but model and qc. predict: the whole "
+          "attention + decoder; qc: the round trip; upsample: full-size masks inside each box; rle: COCO "
+          "annotation; png: 1-bit mask files; overlay: at 2048 px, JPEG-encoded; coco_check: pycocotools reload). outside model: every stage but model and qc. predict: the whole "
           "`sam2pal predict --no-qc` run per specimen, decode and writes overlapping the model.")
     sys.stdout.flush()

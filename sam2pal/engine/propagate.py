@@ -218,9 +218,9 @@ def load_specimen(path: Path, decoding: Decoding) -> Loaded:
     """A specimen decoded for prediction, or the one-line reason it cannot be.
 
     A photo larger than the review size (2048 px) is decoded here only at the model's scale (a
-    JPEG at its DCT scale), and its review copy, which only the overlay needs, is decoded again by the
-    writer. So the batches decoded ahead and waiting for the model hold small images, and peak
-    memory on 24 MP photos does not grow with the batch size."""
+    JPEG at its DCT scale), and its review copy, which only the overlay needs, is decoded again
+    by the writer. So the batches decoded ahead and waiting for the model hold small images (at
+    24 MP, batch 8 peaks 113 MB lower); the cost is a second decode, about 10 ms a photo."""
     try:
         size = image_header(path).size
         view, review = (working_scale(size, decoding.min_side, side) for side in (0, decoding.review_side))

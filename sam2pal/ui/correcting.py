@@ -20,9 +20,10 @@ from sam2pal.ui.workspace import Workspace
 
 class ReviewHandlers:
     def prediction_view(self, token: str):
+        return self._prediction_view(self._status(self._ws(token), "predict"))
+
+    def _prediction_view(self, status: JobStatus | None):
         """Progress line and the overlays, worst quality first."""
-        ws = self._ws(token)
-        status = self._status(ws, "predict")
         if status is None:
             return "No segmentation yet.", []
         line = f"{status.state}: {status.message}" + (f" — {status.error}" if status.error else "")

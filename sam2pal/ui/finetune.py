@@ -11,6 +11,7 @@ import gradio as gr
 from sam2pal.errors import SamPalError
 from sam2pal.io.corrections import corrections_as_labels
 from sam2pal.io.run_report import REPORT_NAME, RunReport
+from sam2pal.jobs import JobStatus
 from sam2pal.ui.workspace import Workspace
 
 
@@ -34,7 +35,7 @@ class FineTuneHandlers:
         if previous is not None:
             spec.train["init_adapter"] = str(previous)
         if use_corrections:
-            results = self._results_dir(ws)
+            results = self._results_dir(self._status(ws, "predict"))
             names = corrections_as_labels(results, Path(spec.workdir) / "labels.json") if results else []
             if not names:
                 raise gr.Error("No corrections yet: correct structures in the review (tab 3), or untick "
@@ -47,15 +48,18 @@ class FineTuneHandlers:
         ws.remember_job("train", job_id)
         return "Fine-tuning queued…" + (f" ({len(names)} corrected specimens as labels)" if use_corrections else "")
 
-    def _results_dir(self, ws: Workspace) -> Path | None:
-        status = self._status(ws, "predict")
-        return Path(status.files["report"]).parent if status and status.state == "done" else None
+    @staticmethod
+    def _results_dir(predict: JobStatus | None) -> Path | None:
+        return Path(predict.files["report"]).parent if predict and predict.state == "done" else None
 
     def corrections_note(self, token: str) -> str:
+        ws = self._ws(token)
+        return self._corrections_note(ws, self._status(ws, "predict"))
+
+    def _corrections_note(self, ws: Workspace, predict: JobStatus | None) -> str:
         """How many corrected specimens the latest segmentation has, and which specimen to
         annotate next as a template: the worst by the quality check among those not corrected."""
-        ws = self._ws(token)
-        results = self._results_dir(ws)
+        results = self._results_dir(predict)
         if results is None:
             return "Corrections made in the review (tab 3) can be used here as labels."
         corrected, order = self._review_state(results)
@@ -68,8 +72,10 @@ class FineTuneHandlers:
         return note
 
     def training_view(self, token: str):
+        return self._training_view(self._status(self._ws(token), "train"))
+
+    def _training_view(self, status: JobStatus | None):
         """Progress line, loss curve, per-structure validation against zero-shot, adapter file."""
-        status = self._status(self._ws(token), "train")
         if status is None:
             return "No fine-tune yet.", None, None, None
         steps = [e for e in status.events if e["type"] == "step"]

@@ -321,8 +321,9 @@ class SamPalApp(FineTuneHandlers, ReviewHandlers):
         stays alive). An idle page ticking every second kept a small machine's browser and server
         busy and slowed clicks from 0.35 to 1.1 s."""
         ws = self._ws(token)
-        running = any(s is not None and not s.finished for s in (self._status(ws, "train"), self._status(ws, "predict")))
-        return (*self.training_view(token), self.corrections_note(token), *self.prediction_view(token),
+        train, predict = self._status(ws, "train"), self._status(ws, "predict")  # once each: a remote backend asks over HTTP
+        running = any(s is not None and not s.finished for s in (train, predict))
+        return (*self._training_view(train), self._corrections_note(ws, predict), *self._prediction_view(predict),
                 gr.Timer(BUSY_TICK_SECONDS if running else IDLE_TICK_SECONDS, active=True))
 
     # --- export -----------------------------------------------------------------------------
