@@ -73,9 +73,10 @@ def score_collection(loaded: LoadedModel, files: CollectionFiles, templates: int
         predictions = propagator.predict(images)
         seconds = (time.perf_counter() - began) / len(batch)
         for path, prediction in zip(batch, predictions):
+            masks = prediction.masks()
             for k, name in enumerate(template_set.structures):
                 true = orient(truth[path.name][name], turn)
-                pred = prediction.masks[k]
+                pred = masks[k]
                 trip = prediction.qc[k].round_trip_iou if prediction.qc is not None else None
                 scored.append(Scored(files.folder.name, name, name in files.thin, iou(pred, true), dice(pred, true),
                                      boundary_f1(pred, true), trip, prediction.scores[k], seconds))

@@ -76,10 +76,23 @@ def test_batched_specimens_match_one_at_a_time(tiny, collection):
     together = propagator.predict(images)
     alone = [propagator.predict([image])[0] for image in images]
     for image, a, b in zip(images, together, alone):
-        assert a.masks.shape == (3, image.shape[0], image.shape[1])
-        assert a.masks.dtype == bool
-        assert np.mean(a.masks != b.masks) < 1e-3
+        assert a.masks().shape == (3, image.shape[0], image.shape[1])
+        assert a.masks().dtype == bool
+        assert np.mean(a.masks() != b.masks()) < 1e-3
         assert np.allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_a_prediction_holds_the_models_logits_and_makes_full_size_masks_from_them(tiny, collection):
+    """What a batch of predictions keeps is the same few low-resolution maps whatever the photo's
+    size; its masks at the photo's size are exactly the full-size interpolation of those maps."""
+    propagator = Propagator(tiny, load_coco_templates(collection / "templates.json"), qc=None)
+    image = draw_specimen(160, 120, 3, seed=4)[0]
+    (prediction,) = propagator.predict([image], [(1200, 1600)])
+    side = tiny.image_size // 4
+    assert prediction.logits.shape == (3, 1, side, side) and prediction.logits.device.type == "cpu"
+    expected = torch.nn.functional.interpolate(prediction.logits, size=(1200, 1600), mode="bilinear",
+                                               align_corners=False)[:, 0] > 0
+    assert np.array_equal(prediction.masks(), expected.numpy())
 
 
 def test_template_memory_is_encoded_once(tiny, collection, monkeypatch):

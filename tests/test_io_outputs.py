@@ -258,6 +258,44 @@ def test_masks_must_match_the_image(tmp_path: Path) -> None:
         writer.add(Path("a.jpg"), image, np.zeros((2, HEIGHT, HEIGHT), dtype=bool))
 
 
+def test_masks_made_by_a_callable_are_made_on_a_writer_thread_and_written_alike(tmp_path: Path) -> None:
+    """A prediction hands the writer a callable (Prediction.boxes) so the model's thread never
+    upsamples; the files and the COCO file are those of masks given whole."""
+    import threading
+
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    masks = np.zeros((2, HEIGHT, WIDTH), dtype=bool)
+    masks[0, 5:20, 10:30] = True
+    masks[1, 30:40, 2:9] = True
+    made_on: list[str] = []
+
+    def boxes() -> list[BoxMask]:
+        made_on.append(threading.current_thread().name)
+        return [BoxMask.from_dense(mask) for mask in masks]
+
+    outputs = {}
+    for name, given in (("whole", masks), ("deferred", boxes)):
+        writer = PredictionWriter(tmp_path / name, ["eye", "leg"], {})
+        writer.add(Path("a.jpg"), image, given, [0.9, 0.8])
+        writer.close()
+        folder = tmp_path / name
+        outputs[name] = {path: np.asarray(Image.open(folder / path)).tolist() for path in _files(folder)
+                         if path.startswith(("masks", "overlays"))}
+        outputs[name]["annotations"] = json.loads((folder / "predictions.json").read_text())["annotations"]
+    assert made_on and all(name.startswith("sam2pal-write") for name in made_on)
+    assert outputs["deferred"] == outputs["whole"]
+    assert len(outputs["deferred"]) == 4 and outputs["deferred"]["annotations"][1]["area"] == 70
+
+
+def test_wrong_masks_from_a_callable_stop_the_run_at_the_next_flush(tmp_path: Path) -> None:
+    writer = PredictionWriter(tmp_path, ["eye", "leg"], {})
+    image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
+    writer.add(Path("a.jpg"), image, lambda: [BoxMask.empty(HEIGHT, WIDTH)])
+    with pytest.raises(ValueError, match=r"1 masks for a.jpg, expected 2"):
+        writer.flush()
+    assert not (tmp_path / ".records" / "a.json").exists()
+
+
 def test_image_decoded_smaller_gives_a_review_size_overlay_and_full_size_masks(tmp_path: Path) -> None:
     """The writer takes the photo as load_photo decodes it (smaller, same proportions) with
     full-size masks: masks and COCO stay full size, the overlay is composited at review size."""

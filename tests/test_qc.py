@@ -62,7 +62,7 @@ def test_orientation_search_keeps_the_best_turn_and_maps_masks_back(tiny, collec
     results = propagator.predict(images)
     for image, result in zip(images, results):
         assert result.orientation == "rot90"
-        assert result.masks.shape == (3, *image.shape[:2])
+        assert result.masks().shape == (3, *image.shape[:2])
         assert [s.round_trip_iou for s in result.qc] == pytest.approx([0.9] * 3)
 
 

@@ -30,18 +30,27 @@ from sam2pal.model.build import LoadedModel
 
 @dataclass
 class Prediction:
-    """One specimen's result: full-resolution masks and a confidence per structure."""
+    """One specimen's result: the model's low-resolution masks and a confidence per structure.
 
-    boxes: list[BoxMask]  # K masks at the photo's full size, each kept as its bounding box
+    The full-resolution masks are made from the logits when asked for (`boxes`), not kept: a
+    speckled 24 MP mask is megabytes of runs, so a batch of predictions waiting for the writer
+    would grow with the batch size, while its logits are K × 256² floats whatever the photo."""
+
+    logits: torch.Tensor  # (K, 1, h, w) float32 on the CPU, of the specimen as the model saw it (turned)
+    full_shape: tuple[int, int]  # (height, width) of the upright photo the masks are made at
     scores: list[float]  # the decoder's IoU estimate, 0 when the object score says absent
     object_scores: list[float]  # sigmoid of SAM2's object score
     qc: list[StructureQC] | None = None
     orientation: str = "rot0"
 
-    @property
+    def boxes(self) -> list[BoxMask]:
+        """K masks at the photo's full size, upright, each kept as its bounding box."""
+        height, width = turned_shape(self.full_shape, self.orientation)
+        return [restore_box(mask, self.orientation) for mask in box_masks(self.logits, height, width)]
+
     def masks(self) -> np.ndarray:
         """bool (K, H, W): the masks as full arrays (gigabytes for many structures on big photos)."""
-        return np.stack([box.dense() for box in self.boxes])
+        return np.stack([box.dense() for box in self.boxes()])
 
 
 def template_frame(encoder: Encoder, template_set: TemplateSet, index: int, cache: FeatureCache | None) -> Frame:
@@ -175,6 +184,7 @@ class Propagator:
             qc = assess(output, trip, self.truths, count, self.qc)
         present = torch.sigmoid(output.object_score_logits.float()[:, 0])
         iou = output.iou.float() * (output.object_score_logits.float()[:, 0] > 0)
+        low_res = output.low_res_logits.detach().float().cpu()
         results = []
         for b, image in enumerate(images):
             choice = b * len(self.orientations)
@@ -183,10 +193,8 @@ class Propagator:
                 choice = max(candidates, key=lambda v: _qc_score(qc[v]))
             name = self.orientations[choice - b * len(self.orientations)]
             rows = slice(choice * count, (choice + 1) * count)
-            height, width = turned_shape(shapes[b], name)
-            masks = [restore_box(mask, name) for mask in box_masks(output.low_res_logits[rows], height, width)]
-            results.append(Prediction(masks, iou[rows].tolist(), present[rows].tolist(),
-                                      qc[choice] if qc is not None else None, name))
+            results.append(Prediction(low_res[rows].clone(), tuple(shapes[b]), iou[rows].tolist(),
+                                      present[rows].tolist(), qc[choice] if qc is not None else None, name))
         return results
 
 
@@ -219,8 +227,8 @@ def load_specimen(path: Path, decoding: Decoding) -> Loaded:
 
     A photo larger than the review size (2048 px) is decoded here only at the model's scale (a
     JPEG at its DCT scale), and its review copy, which only the overlay needs, is decoded again
-    by the writer. So the batches decoded ahead and waiting for the model hold small images (at
-    24 MP, batch 8 peaks 113 MB lower); the cost is a second decode, about 10 ms a photo."""
+    by the writer. So the batches decoded ahead and waiting for the model hold small images; the
+    cost is a second, reduced decode (`sam2pal bench --io` times both)."""
     try:
         size = image_header(path).size
         view, review = (working_scale(size, decoding.min_side, side) for side in (0, decoding.review_side))
@@ -281,7 +289,9 @@ def predict_collection(
     """Predict `paths` in batches and hand each result to `writer` as it comes; `adapters`
     says per file name which library adapter this is (recorded with the image).
 
-    Memory stays bounded whatever the collection size: one batch is held at a time. A file that
+    Memory stays bounded whatever the collection size: one batch is held at a time, as small
+    decodes and the model's logits; the writer makes each photo's full-size masks on its own
+    threads (`Prediction.boxes`), so neither the batch size nor the photo's size adds up. A file that
     cannot be read is recorded as a failure and the batch goes on without it.
     """
     decoding = decoding or Decoding(propagator.loaded.image_size)

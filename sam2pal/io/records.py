@@ -81,25 +81,52 @@ class RecordWriter:
         stem: str,
         image_path: Path,
         image: np.ndarray,
-        masks: list[BoxMask] | np.ndarray,
+        masks: list[BoxMask] | np.ndarray | Callable[[], list[BoxMask]],
         scores: list[float] | None = None,
         seconds: float | None = None,
         quality: list[dict] | None = None,
         orientation: str | None = None,
         adapter: dict | None = None,
         review: Callable[[], np.ndarray] | None = None,
-    ) -> dict:
-        """Queue the image's files under `stem`; returns its record (written after the files).
+    ) -> None:
+        """Queue the image's files under `stem`, and its record, written after them.
 
-        `masks` are at the photo's full size; `image` may be decoded smaller (same proportions),
-        the overlay is made at review size from it. `quality` holds one quality-check dict per
-        structure (round_trip_iou, confidence, area_ratio, flags); it goes into the report and
-        onto each COCO annotation as `qc_*` fields, so a reviewer (or another tool) can sort by it.
-        `adapter`: which library adapter segmented the image and the selector's confidence; one
-        the selector did not trust (`name` None) flags the image "adapter uncertain". `review`
-        decodes a larger copy for the overlay on the writer's thread (`image` is then the model's
-        small view, and the overlay's fallback if the photo cannot be read again).
+        `masks` are at the photo's full size, or a callable that makes them on the writer's
+        thread (`Prediction.boxes`), so the model goes on while they are upsampled and predictions
+        waiting here hold only the model's logits. `image` may be decoded smaller (same
+        proportions); the overlay is made at review size from it. `quality` holds one
+        quality-check dict per structure (round_trip_iou, confidence, area_ratio, flags); it goes
+        into the report and onto each COCO annotation as `qc_*` fields, so a reviewer (or another
+        tool) can sort by it. `adapter`: which library adapter segmented the image and the
+        selector's confidence; one the selector did not trust (`name` None) flags the image
+        "adapter uncertain". `review` decodes a larger copy for the overlay on the writer's thread
+        (`image` is then the model's small view, and the overlay's fallback if the photo cannot be
+        read again).
         """
+        if scores is not None and len(scores) != len(self.structures):
+            raise ValueError(f"{len(scores)} scores for {len(self.structures)} structures")
+        if quality is not None and len(quality) != len(self.structures):
+            raise ValueError(f"{len(quality)} quality checks for {len(self.structures)} structures")
+        mask_files = ([f"{MASKS_DIR}/{stem}__{file_name}.png" for file_name in self._file_names]
+                      if self.options.masks == "png" else [])
+        overlay_file = f"{OVERLAYS_DIR}/{stem}.jpg"
+        files = {"masks": dict(zip(self.structures, mask_files)), "overlay": overlay_file}
+        given = None if callable(masks) else self._checked(image_path, image, masks)  # wrong masks fail here
+
+        def write() -> None:
+            boxes = given or self._checked(image_path, image, masks())
+            record = self._record(stem, image_path, boxes, scores, seconds, quality,
+                                  review_fields(quality, orientation, adapter), files)
+            for box, name in zip(boxes, mask_files):
+                atomic_write_bytes(self.out_dir / name, mask_png(box))
+            picture = overlay(_review_copy(review, image), boxes, self.structures, self.options.overlay_size)
+            atomic_save_image(self.out_dir / overlay_file, picture, quality=90)
+            atomic_write_json(self._records_dir / f"{stem}.json", record)  # last: the image is done
+
+        self._writes.submit(write)
+
+    def _checked(self, image_path: Path, image: np.ndarray, masks: list[BoxMask] | np.ndarray) -> list[BoxMask]:
+        """One mask per structure, all at the photo's size, of which `image` is a scaled copy."""
         boxes = [mask if isinstance(mask, BoxMask) else BoxMask.from_dense(mask) for mask in masks]
         if len(boxes) != len(self.structures):
             raise ValueError(f"{len(boxes)} masks for {image_path.name}, expected {len(self.structures)}")
@@ -107,15 +134,11 @@ class RecordWriter:
         if any(box.shape != (height, width) for box in boxes) or not _same_proportions(image.shape[:2], (height, width)):
             raise ValueError(f"masks for {image_path.name} have shapes {sorted({box.shape for box in boxes})}, "
                              f"the image {image.shape[:2]}: they must share the image's size and proportions")
-        if scores is not None and len(scores) != len(self.structures):
-            raise ValueError(f"{len(scores)} scores for {len(self.structures)} structures")
-        if quality is not None and len(quality) != len(self.structures):
-            raise ValueError(f"{len(quality)} quality checks for {len(self.structures)} structures")
+        return boxes
 
-        mask_files = ([f"{MASKS_DIR}/{stem}__{file_name}.png" for file_name in self._file_names]
-                      if self.options.masks == "png" else [])
-        overlay_file = f"{OVERLAYS_DIR}/{stem}.jpg"
-
+    def _record(self, stem: str, image_path: Path, boxes: list[BoxMask], scores: list[float] | None,
+                seconds: float | None, quality: list[dict] | None, review: dict, files: dict) -> dict:
+        """What the run's COCO file and report are assembled from: the annotations and the report row."""
         per_structure: dict[str, dict] = {}
         annotations: list[dict] = []
         for index, (name, box) in enumerate(zip(self.structures, boxes)):
@@ -132,32 +155,12 @@ class RecordWriter:
             if quality is not None:
                 annotation.update({f"qc_{key}": value for key, value in quality[index].items()})
             annotations.append(annotation)
-        record = {
-            "stem": stem,
-            "report": {
-                "file": image_path.name,
-                "status": "ok",
-                "error": None,
-                "seconds": None if seconds is None else float(seconds),
-                "structures": per_structure,
-                **review_fields(quality, orientation, adapter),
-                # names as written (cleaned, made unique), so nobody has to rebuild them
-                "files": {"masks": dict(zip(self.structures, mask_files)), "overlay": overlay_file},
-            },
-            "width": width,
-            "height": height,
-            "annotations": annotations,
-        }
-
-        def write() -> None:
-            for box, name in zip(boxes, mask_files):
-                atomic_write_bytes(self.out_dir / name, mask_png(box))
-            picture = overlay(_review_copy(review, image), boxes, self.structures, self.options.overlay_size)
-            atomic_save_image(self.out_dir / overlay_file, picture, quality=90)
-            atomic_write_json(self._records_dir / f"{stem}.json", record)  # last: the image is done
-
-        self._writes.submit(write)
-        return record
+        height, width = boxes[0].shape
+        report = {"file": image_path.name, "status": "ok", "error": None,
+                  "seconds": None if seconds is None else float(seconds), "structures": per_structure,
+                  # names as written (cleaned, made unique), so nobody has to rebuild them
+                  **review, "files": files}
+        return {"stem": stem, "report": report, "width": width, "height": height, "annotations": annotations}
 
     def flush(self) -> None:
         """Every image written so far is on disk."""
