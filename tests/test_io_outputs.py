@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from sam2pal.errors import SamPalError
 from sam2pal.io.corrections import replace_mask
 from sam2pal.io.boxmask import BoxMask
-from sam2pal.io.files import atomic_file, atomic_save_image, atomic_write_bytes, atomic_write_json
+from sam2pal.io.files import atomic_file, atomic_save_image, atomic_write_bytes, atomic_write_json, writer_threads
 from sam2pal.io.masks import decode_segmentation
 from sam2pal.io.outputs import PredictionWriter
 from sam2pal.io.records import OutputOptions
@@ -285,6 +285,12 @@ def test_masks_made_by_a_callable_are_made_on_a_writer_thread_and_written_alike(
     assert made_on and all(name.startswith("sam2pal-write") for name in made_on)
     assert outputs["deferred"] == outputs["whole"]
     assert len(outputs["deferred"]) == 4 and outputs["deferred"]["annotations"][1]["area"] == 70
+
+
+@pytest.mark.parametrize("cpus, threads", [(1, 2), (2, 2), (6, 3), (16, 8), (96, 8)])
+def test_writers_are_half_the_cpus_this_process_may_use_two_to_eight(monkeypatch, cpus, threads) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert writer_threads() == threads
 
 
 def test_wrong_masks_from_a_callable_stop_the_run_at_the_next_flush(tmp_path: Path) -> None:
