@@ -6,7 +6,9 @@ releases the GIL, so writer threads overlap the model) compresses them. Readers 
 1-bit greyscale PNG: PIL opens it as mode "1".
 
 Deflate is ISA-L's (`isal`): its level 1 is 4–12× faster than zlib's level 1 on mask rows and
-no larger, and its output is an ordinary zlib stream.
+no larger, and its output is an ordinary zlib stream. It is not always the same stream: two runs
+have written one mask's file with different bytes (the same rows, checked after inflating), so
+compare mask files by their pixels, never by their bytes.
 """
 
 from __future__ import annotations
