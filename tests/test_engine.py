@@ -76,9 +76,10 @@ def test_batched_specimens_match_one_at_a_time(tiny, collection):
     together = propagator.predict(images)
     alone = [propagator.predict([image])[0] for image in images]
     for image, a, b in zip(images, together, alone):
-        assert a.masks().shape == (3, image.shape[0], image.shape[1])
-        assert a.masks().dtype == bool
-        assert np.mean(a.masks() != b.masks()) < 1e-3
+        masks = a.masks()
+        assert masks.shape == (3, image.shape[0], image.shape[1])
+        assert masks.dtype == bool
+        assert np.mean(masks != b.masks()) < 1e-3
         assert np.allclose(a.scores, b.scores, atol=1e-4)
 
 

@@ -34,7 +34,8 @@ class Prediction:
 
     The full-resolution masks are made from the logits when asked for (`boxes`), not kept: a
     speckled 24 MP mask is megabytes of runs, so a batch of predictions waiting for the writer
-    would grow with the batch size, while its logits are K × 256² floats whatever the photo."""
+    would grow with the batch size, while its logits are K low-resolution maps (64² floats at
+    256 px, 256² at 1024 px) whatever the photo."""
 
     logits: torch.Tensor  # (K, 1, h, w) float32 on the CPU, of the specimen as the model saw it (turned)
     full_shape: tuple[int, int]  # (height, width) of the upright photo the masks are made at

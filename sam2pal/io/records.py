@@ -114,7 +114,7 @@ class RecordWriter:
         given = None if callable(masks) else self._checked(image_path, image, masks)  # wrong masks fail here
 
         def write() -> None:
-            boxes = given or self._checked(image_path, image, masks())
+            boxes = given if given is not None else self._checked(image_path, image, masks())
             record = self._record(stem, image_path, boxes, scores, seconds, quality,
                                   review_fields(quality, orientation, adapter), files)
             for box, name in zip(boxes, mask_files):
